@@ -34,31 +34,46 @@ class ImageReadError(ValueError):
 def read_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS, apply_exif_orientation: bool = False) -> np.ndarray:
     """Decode `path` into an H×W×3 uint8 RGB array (see the module docstring for what is accepted)."""
     path = Path(path)
+    data = _read_bytes(path)
+    return decode_image_bytes(data, path, max_pixels=max_pixels, apply_exif_orientation=apply_exif_orientation)
+
+
+def check_image_file(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Cheap validity check without decoding: readable, not empty, a sane header, not too large,
+    and (JPEG) not truncated. Raises `ImageReadError`; a pass does not prove the pixels decode."""
+    path = Path(path)
+    _check_header(_read_bytes(path), path, max_pixels)
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except IsADirectoryError:
         raise ImageReadError(path, "is a directory, not an image") from None
     except OSError as error:
         raise ImageReadError(path, f"cannot read: {error.strerror or error}") from None
-    return decode_image_bytes(data, path, max_pixels=max_pixels, apply_exif_orientation=apply_exif_orientation)
 
 
-def decode_image_bytes(data: bytes, name="<bytes>", *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                       apply_exif_orientation: bool = False) -> np.ndarray:
-    """`read_image` for bytes already in memory (an upload, a TFRecord); `name` goes into errors."""
+def _check_header(data: bytes, name, max_pixels: int) -> None:
     if len(data) == 0:
         raise ImageReadError(name, "empty file")
     size = image_size_from_header(data)
     if size is not None:
         width, height = size
         if width <= 0 or height <= 0:
-            raise ImageReadError(name, f"corrupt header (size {width}x{height})")
+            raise ImageReadError(name, "corrupt header (cannot read the image size)")
         _check_pixels(name, width, height, max_pixels)
         if data[:2] == b"\xff\xd8" and not _jpeg_has_end(data):
             # libjpeg would return the truncated photo grey-filled with only a warning on stderr.
             raise ImageReadError(name, "truncated JPEG (no end-of-image marker)")
+
+
+def decode_image_bytes(data: bytes, name="<bytes>", *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       apply_exif_orientation: bool = False) -> np.ndarray:
+    """`read_image` for bytes already in memory (an upload, a TFRecord); `name` goes into errors."""
+    _check_header(data, name, max_pixels)
     flags = (cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if apply_exif_orientation else cv2.IMREAD_UNCHANGED
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)

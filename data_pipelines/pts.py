@@ -16,6 +16,7 @@ Format (the one every 300-W file uses)::
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -102,7 +103,7 @@ def read_pts(path) -> np.ndarray:
             x, y = float(fields[0]), float(fields[1])
         except ValueError:
             raise PtsFormatError(path, f"not a number in {line[:40]!r}", index) from None
-        if not (np.isfinite(x) and np.isfinite(y)):
+        if not (math.isfinite(x) and math.isfinite(y)):
             raise PtsFormatError(path, f"non-finite coordinate in {line[:40]!r}", index)
         if len(points) == count:
             raise PtsFormatError(path, f"more than n_points = {count} points (missing '}}'?)", index)
