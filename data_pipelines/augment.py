@@ -1,0 +1,261 @@
+"""Training augmentation inside the tf.data graph: one affine warp for image and points, then colour.
+
+Geometry (rotation, scaling up and down, translation, horizontal mirroring) is composed into ONE
+affine matrix per example, applied to the image with `tf.raw_ops.ImageProjectiveTransformV3`
+(bilinear, black fill; via `geometry.tf_warp`) and to the landmarks with the same matrix, so the
+two cannot disagree. Mirroring also permutes the points (DESIGN.md §3): after a flip, index 36 is
+again the outer corner of the eye on the image's left.
+
+Colour (brightness, contrast, saturation, hue) runs on the warped crop in [0, 1]: saturation and hue
+are one 3×3 matrix per example (scale and rotate the chroma plane of YIQ, leaving luma alone),
+contrast scales around the per-channel mean, brightness adds an offset; then the result is clipped.
+
+Everything is stateless-random: the same seed gives the same augmentation, on any machine, in
+any tf.data parallelism. Works on a batch (B, H, W, 3) with independent parameters per example, or
+on one example (H, W, 3).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import MIRROR_PERMUTATION_68, tf_warp
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random augmentation (all uniform; every range is symmetric around "no change").
+
+    Attributes:
+        rotation_degrees: rotation angle in [-r, r] degrees.
+        scale_range: zoom factor (> 1 enlarges the face), log-uniform in [lo, hi] so enlargement
+            and reduction are equally likely.
+        translation: shift in [-t, t] × output size, independently in x and y.
+        brightness: offset in [-b, b] added to pixel values in [0, 1].
+        contrast: factor in [1 - c, 1 + c] around the per-channel mean.
+        saturation: chroma factor in [1 - s, 1 + s].
+        hue: chroma rotation in [-h, h] turns (0.05 = ±18°).
+        mirror_probability: chance of a horizontal flip (0.5 for training; faces are symmetric
+            enough that a flipped face is a valid face with the points permuted).
+        seed: mixed into every random draw, so two configs with different seeds differ.
+        mirror_permutation: point permutation for flips; None = DESIGN.md §3's 68-point one.
+    """
+
+    rotation_degrees: float = 15.0
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    translation: float = 0.05
+    brightness: float = 0.15
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.05
+    mirror_probability: float = 0.5
+    seed: int = 0
+    mirror_permutation: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}")
+        for name in ("rotation_degrees", "translation", "brightness", "contrast", "saturation", "hue"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.contrast > 1 or self.saturation > 1:
+            raise ValueError("contrast and saturation must be <= 1 (their factors are 1 ± value)")
+        if not 0 <= self.mirror_probability <= 1:
+            raise ValueError(f"mirror_probability must be in [0, 1], got {self.mirror_probability}")
+        if self.mirror_permutation is not None:
+            perm = list(self.mirror_permutation)
+            if sorted(perm) != list(range(len(perm))):
+                raise ValueError("mirror_permutation must be a permutation of 0..N-1")
+
+    @classmethod
+    def none(cls, **changes) -> "AugmentConfig":
+        """No augmentation at all (identity warp, no colour change); override fields to taste."""
+        values = dict(rotation_degrees=0.0, scale_range=(1.0, 1.0), translation=0.0, brightness=0.0,
+                      contrast=0.0, saturation=0.0, hue=0.0, mirror_probability=0.0)
+        values.update(changes)
+        return cls(**values)
+
+    def permutation(self, num_points: int) -> tuple[int, ...]:
+        perm = self.mirror_permutation
+        if perm is None:
+            if num_points != 68 and self.mirror_probability > 0:
+                raise ValueError(f"mirroring {num_points} points needs AugmentConfig.mirror_permutation")
+            perm = MIRROR_PERMUTATION_68 if num_points == 68 else tuple(range(num_points))
+        if len(perm) != num_points:
+            raise ValueError(f"mirror_permutation has {len(perm)} entries for {num_points} points")
+        return tuple(perm)
+
+    @property
+    def has_colour(self) -> bool:
+        return any((self.brightness, self.contrast, self.saturation, self.hue))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AugmentConfig":
+        values = dict(values)
+        if "scale_range" in values:
+            values["scale_range"] = tuple(values["scale_range"])
+        if values.get("mirror_permutation") is not None:
+            values["mirror_permutation"] = tuple(values["mirror_permutation"])
+        return cls(**values)
+
+
+def _seed_pair(seed, config: AugmentConfig):
+    """A stateless-RNG seed of shape [2] from an int or a [2] tensor, mixed with config.seed."""
+    import tensorflow as tf
+
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape.rank == 0:
+        seed = tf.stack([tf.constant(config.seed, tf.int64), tf.cast(seed, tf.int64)])
+    elif config.seed:
+        seed = tf.cast(seed, tf.int64) + tf.constant([config.seed, 0], tf.int64)
+    return tf.cast(seed, tf.int64)
+
+
+def sample_parameters(config: AugmentConfig, seed, batch_size) -> dict:
+    """Random parameters for `batch_size` examples: a dict of (B,) tensors and `shift` (B, 2).
+
+    angle (radians), scale, shift (fraction of the output size), mirror (bool), brightness,
+    contrast, saturation, hue (turns).
+    """
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(_seed_pair(seed, config), 8)
+    shape = tf.reshape(tf.cast(batch_size, tf.int32), [1])
+
+    def uniform(index, low, high, extra=()):
+        full_shape = tf.concat([shape, tf.constant(list(extra), tf.int32)], 0)
+        return tf.random.stateless_uniform(full_shape, seeds[index], low, high, tf.float32)
+
+    rotation = math.radians(config.rotation_degrees)
+    low, high = config.scale_range
+    return {
+        "angle": uniform(0, -rotation, rotation),
+        "scale": tf.exp(uniform(1, math.log(low), math.log(high))),
+        "shift": uniform(2, -config.translation, config.translation, [2]),
+        "mirror": uniform(3, 0.0, 1.0) < config.mirror_probability,
+        "brightness": uniform(4, -config.brightness, config.brightness),
+        "contrast": uniform(5, 1.0 - config.contrast, 1.0 + config.contrast),
+        "saturation": uniform(6, 1.0 - config.saturation, 1.0 + config.saturation),
+        "hue": uniform(7, -config.hue, config.hue),
+    }
+
+
+def augmentation_matrices(params: dict, input_height, input_width, output_size: int, base_scale: float = 1.0):
+    """(B, 3, 3) affine maps input pixels → output pixels for the sampled geometry.
+
+    Mirror about the input centre, scale by `base_scale · scale`, rotate by `angle` about the
+    centre, and move the input centre to the output centre plus `shift · output_size`.
+    """
+    import tensorflow as tf
+
+    angle, scale = params["angle"], params["scale"] * base_scale
+    flip = tf.where(params["mirror"], -1.0, 1.0)
+    cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+    l00, l01, l10, l11 = cos * flip, -sin, sin * flip, cos
+    cx_in = (tf.cast(input_width, tf.float32) - 1.0) / 2.0
+    cy_in = (tf.cast(input_height, tf.float32) - 1.0) / 2.0
+    centre_out = (output_size - 1) / 2.0
+    tx = centre_out + params["shift"][:, 0] * output_size - (l00 * cx_in + l01 * cy_in)
+    ty = centre_out + params["shift"][:, 1] * output_size - (l10 * cx_in + l11 * cy_in)
+    zeros, ones = tf.zeros_like(angle), tf.ones_like(angle)
+    rows = [tf.stack([l00, l01, tx], -1), tf.stack([l10, l11, ty], -1), tf.stack([zeros, zeros, ones], -1)]
+    return tf.stack(rows, axis=1)
+
+
+_YIQ_FROM_RGB = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB_FROM_YIQ = np.linalg.inv(_YIQ_FROM_RGB)
+
+
+def colour_matrices(saturation, hue):
+    """(B, 3, 3) RGB → RGB matrices scaling (saturation) and rotating (hue, turns) YIQ's chroma."""
+    import tensorflow as tf
+
+    angle = hue * (2.0 * math.pi)
+    cos, sin = tf.cos(angle) * saturation, tf.sin(angle) * saturation
+    zeros, ones = tf.zeros_like(cos), tf.ones_like(cos)
+    chroma = tf.stack(
+        [tf.stack([ones, zeros, zeros], -1), tf.stack([zeros, cos, -sin], -1), tf.stack([zeros, sin, cos], -1)], axis=1
+    )
+    rgb_from_yiq = tf.constant(_RGB_FROM_YIQ, tf.float32)
+    yiq_from_rgb = tf.constant(_YIQ_FROM_RGB, tf.float32)
+    return tf.einsum("ij,bjk,kl->bil", rgb_from_yiq, chroma, yiq_from_rgb)
+
+
+def apply_colour(images, params: dict):
+    """Saturation + hue, contrast, brightness on images (B, H, W, 3) in [0, 1], clipped.
+
+    All three are affine in the pixel value, so they fold into ONE per-example affine map
+    x → A·x + d (A = contrast · colour matrix, d from the image mean and the brightness): one
+    pass over the pixels instead of five.
+    """
+    import tensorflow as tf
+
+    matrices = colour_matrices(params["saturation"], params["hue"])  # (B, 3, 3)
+    contrast = params["contrast"][:, None]
+    mean = tf.reduce_mean(images, axis=[1, 2])  # (B, 3); the mean of T·x is T·mean(x)
+    offset = (1.0 - contrast) * tf.einsum("bdc,bc->bd", matrices, mean) + params["brightness"][:, None]
+    images = tf.einsum("bhwc,bdc->bhwd", images, matrices * contrast[:, :, None]) + offset[:, None, None, :]
+    return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def apply_augmentation(images, points, params: dict, config: AugmentConfig, *, output_size: int | None = None,
+                       base_scale: float = 1.0):
+    """Apply given parameters to a batch: images (B, H, W, 3), points (B, N, 2) in input pixels.
+
+    Returns images (B, size, size, 3) float32 in [0, 1] and points (B, N, 2) float32 in output
+    pixels (mirrored examples with their points permuted).
+    """
+    import tensorflow as tf
+
+    images = tf.convert_to_tensor(images)
+    if images.dtype == tf.uint8:
+        images = tf.cast(images, tf.float32) / 255.0
+    images = tf.cast(images, tf.float32)
+    points = tf.cast(points, tf.float32)
+    shape = tf.shape(images)
+    height, width = shape[1], shape[2]
+    if output_size is None:
+        if images.shape[1] is None:
+            raise ValueError("output_size is needed when the image size is not static")
+        output_size = int(images.shape[1])
+    matrices = augmentation_matrices(params, height, width, output_size, base_scale)
+    warped = tf_warp(images, matrices, output_size)
+    moved = tf.einsum("bnk,bjk->bnj", points, matrices[:, :2, :2]) + matrices[:, None, :2, 2]
+    num_points = points.shape[1]
+    if num_points is not None and config.mirror_probability > 0:
+        permuted = tf.gather(moved, list(config.permutation(num_points)), axis=1)
+        moved = tf.where(params["mirror"][:, None, None], permuted, moved)
+    if config.has_colour:
+        warped = apply_colour(warped, params)
+    else:
+        warped = tf.clip_by_value(warped, 0.0, 1.0)
+    return warped, moved
+
+
+def augment(image, points, config: AugmentConfig, seed, *, output_size: int | None = None, base_scale: float = 1.0):
+    """Randomly augment one example (H, W, 3) + (N, 2) or a batch (B, H, W, 3) + (B, N, 2).
+
+    `seed`: an int or a shape-[2] integer tensor (one seed per call; a batch draws independent
+    parameters for each example from it). `output_size` defaults to the input size; `base_scale`
+    scales input pixels to output pixels before the random geometry (1 = same pixel density, as
+    for a loose crop cut at the final crop's density). uint8 input is scaled to [0, 1]; float input
+    is taken to be in [0, 1]. Returns float32 images in [0, 1] and float32 points in output pixels.
+    """
+    import tensorflow as tf
+
+    image = tf.convert_to_tensor(image)
+    single = image.shape.rank == 3
+    if single:
+        image, points = image[None], tf.convert_to_tensor(points)[None]
+    params = sample_parameters(config, seed, tf.shape(image)[0])
+    images, moved = apply_augmentation(image, points, params, config, output_size=output_size, base_scale=base_scale)
+    if single:
+        return images[0], moved[0]
+    return images, moved
