@@ -1,0 +1,201 @@
+"""In-graph augmentation: image and points move together, mirroring swaps sides, seeds replay."""
+import math
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from data_pipelines.augment import (  # noqa: E402
+    AugmentConfig,
+    apply_augmentation,
+    apply_colour,
+    augment,
+    augmentation_matrices,
+    colour_matrices,
+    sample_parameters,
+)
+from tests.test_geometry import face_shape  # noqa: E402
+
+LOOSE, OUT = 192, 128  # small loose crop → output, to keep the test fast
+GEOMETRY_ONLY = AugmentConfig(rotation_degrees=20, scale_range=(0.85, 1.15), translation=0.04,
+                              brightness=0, contrast=0, saturation=0, hue=0, mirror_probability=0.5)
+
+
+def _face():
+    return face_shape(centre=((LOOSE - 1) / 2, (LOOSE - 1) / 2 + 3), half_width=48.0).astype(np.float32)
+
+
+def _dot_images(points, sigma=1.0):
+    """One image per landmark, each with a single Gaussian dot at that landmark (sub-pixel)."""
+    ys, xs = np.mgrid[0:LOOSE, 0:LOOSE].astype(np.float32)
+    dots = np.exp(-((xs[None] - points[:, 0, None, None]) ** 2 + (ys[None] - points[:, 1, None, None]) ** 2)
+                  / (2 * sigma * sigma))
+    return np.repeat(dots[..., None], 3, axis=-1).astype(np.float32)
+
+
+def _centroids(images):
+    weights = np.asarray(images, dtype=np.float64)[..., 0]
+    ys, xs = np.mgrid[0:weights.shape[1], 0:weights.shape[2]]
+    total = weights.sum(axis=(1, 2))
+    return np.stack([(weights * xs).sum(axis=(1, 2)) / total, (weights * ys).sum(axis=(1, 2)) / total], axis=1)
+
+
+def _params(angle_degrees=0.0, scale=1.0, shift=(0.0, 0.0), mirror=False, batch=1, **colour):
+    values = {"angle": math.radians(angle_degrees), "scale": scale, "mirror": mirror, "brightness": 0.0,
+              "contrast": 1.0, "saturation": 1.0, "hue": 0.0, **colour}
+    params = {key: tf.fill([batch], value) for key, value in values.items()}
+    params["shift"] = tf.tile(tf.constant([shift], tf.float32), [batch, 1])
+    return params
+
+
+def _expected_landmark_of_dot(moved, mirrored):
+    """Dot i (painted at input landmark i) must sit at output landmark perm[i] when mirrored."""
+    from data_pipelines.geometry import MIRROR_PERMUTATION_68
+
+    return moved[list(MIRROR_PERMUTATION_68)] if mirrored else moved
+
+
+@pytest.mark.parametrize(
+    "angle,scale,shift,mirror",
+    [(17.0, 1.12, (0.03, -0.02), False), (-14.0, 0.87, (-0.04, 0.01), True), (0.0, 1.0, (0.0, 0.0), True)],
+)
+def test_dots_land_on_the_transformed_landmarks(angle, scale, shift, mirror):
+    points = _face()
+    dots = _dot_images(points)
+    params = _params(angle, scale, shift, mirror, batch=68)
+    images, moved = apply_augmentation(dots, np.repeat(points[None], 68, axis=0), params, GEOMETRY_ONLY,
+                                       output_size=OUT, base_scale=OUT / LOOSE * 1.2)
+    moved = moved.numpy()[0]
+    found = _centroids(images.numpy())
+    expected = _expected_landmark_of_dot(moved, mirror)
+    assert np.abs(found - expected).max() < 0.5, np.abs(found - expected).max()
+    # The same points by an independent route: the hand-made similarity about the centres.
+    centre_in, centre_out = (LOOSE - 1) / 2, (OUT - 1) / 2
+    k = scale * OUT / LOOSE * 1.2
+    relative = (points - centre_in) * [(-1.0 if mirror else 1.0), 1.0]
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    rotated = relative @ np.array([[c, s], [-s, c]]) * k + centre_out + np.asarray(shift) * OUT
+    np.testing.assert_allclose(expected, rotated, atol=1e-3)
+
+
+def test_random_augment_moves_dots_with_points():
+    """The public `augment` with random parameters (one seed → the same draw for every call)."""
+    points = _face()
+    dots = _dot_images(points)
+    config = AugmentConfig.none(rotation_degrees=25, scale_range=(0.8, 1.2), translation=0.05, mirror_probability=1.0)
+    run = tf.function(lambda image: augment(image, points, config, 1234, output_size=OUT, base_scale=OUT / LOOSE))
+    results = [run(dots[i]) for i in range(68)]
+    moved = results[0][1].numpy()
+    assert all(np.array_equal(result[1].numpy(), moved) for result in results)  # same seed, same draw
+    found = _centroids(np.stack([result[0].numpy() for result in results]))
+    assert np.abs(found - _expected_landmark_of_dot(moved, True)).max() < 0.5
+    # The draw really moved things (not the identity): rotation and scale change the inter-eye vector.
+    before = points[45] - points[36]
+    after = moved[45] - moved[36]
+    assert abs(math.atan2(after[1], after[0]) - math.atan2(before[1], before[0])) > 1e-3 or \
+        abs(np.linalg.norm(after) / np.linalg.norm(before) - OUT / LOOSE) > 1e-3
+
+
+def test_mirroring_swaps_left_and_right_by_position():
+    points = _face()
+    image = np.zeros((LOOSE, LOOSE, 3), np.float32)
+    _, plain = apply_augmentation(image[None], points[None], _params(), GEOMETRY_ONLY, output_size=LOOSE)
+    _, flipped = apply_augmentation(image[None], points[None], _params(mirror=True), GEOMETRY_ONLY, output_size=LOOSE)
+    plain, flipped = plain.numpy()[0], flipped.numpy()[0]
+    np.testing.assert_allclose(plain, points, atol=1e-4)
+    # Semantic layout survives the flip: eye corners, brows, mouth corners, jaw ends stay ordered.
+    for left, right in ((36, 45), (39, 42), (17, 26), (21, 22), (48, 54), (60, 64), (0, 16), (31, 35)):
+        assert flipped[left, 0] < flipped[right, 0], (left, right)
+    # Point 36 of the flipped face is where the old point 45 went: x → size - 1 - x.
+    np.testing.assert_allclose(flipped[36], [LOOSE - 1 - points[45, 0], points[45, 1]], atol=1e-4)
+    # An asymmetric tilt shows the flip is a real reflection: the image-left eye corner was higher.
+    tilted = points.copy()
+    tilted[36, 1] -= 5.0
+    _, tilted_flip = apply_augmentation(image[None], tilted[None], _params(mirror=True), GEOMETRY_ONLY,
+                                        output_size=LOOSE)
+    assert tilted_flip.numpy()[0, 45, 1] == pytest.approx(tilted[36, 1], abs=1e-4)
+
+
+def test_matrix_hand_computed_quarter_turn():
+    params = _params(angle_degrees=90.0)
+    matrix = augmentation_matrices(params, 5, 5, 5).numpy()[0]
+    # About the centre (2, 2): (4, 2) → offset (2, 0) → rotated (0, 2) → (2, 4).
+    np.testing.assert_allclose(matrix @ [4.0, 2.0, 1.0], [2.0, 4.0, 1.0], atol=1e-5)
+    image = np.zeros((1, 5, 5, 3), np.float32)
+    image[0, 2, 4] = 1.0  # row 2, column 4 = point (4, 2)
+    warped, _ = apply_augmentation(image, np.zeros((1, 68, 2), np.float32), params, GEOMETRY_ONLY, output_size=5)
+    assert warped.numpy()[0, 4, 2, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_same_seed_replays_different_seed_differs():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    points = rng.uniform(10, 50, (3, 68, 2)).astype(np.float32)
+    config = AugmentConfig()
+    first = augment(images, points, config, 7)
+    again = augment(images, points, config, 7)
+    other = augment(images, points, config, 8)
+    np.testing.assert_array_equal(first[0].numpy(), again[0].numpy())
+    np.testing.assert_array_equal(first[1].numpy(), again[1].numpy())
+    assert not np.array_equal(first[1].numpy(), other[1].numpy())
+    assert not np.array_equal(first[1].numpy(), augment(images, points, AugmentConfig(seed=5), 7)[1].numpy())
+    # Within a batch every example draws its own parameters.
+    params = sample_parameters(config, 7, 3)
+    assert len(set(params["angle"].numpy().tolist())) == 3
+
+
+def test_parameters_stay_in_their_ranges():
+    config = AugmentConfig(rotation_degrees=10, scale_range=(0.9, 1.2), translation=0.05, brightness=0.1,
+                           contrast=0.2, saturation=0.3, hue=0.04, mirror_probability=0.25)
+    params = {key: value.numpy() for key, value in sample_parameters(config, 3, 4000).items()}
+    assert np.abs(params["angle"]).max() <= math.radians(10) + 1e-6
+    assert 0.9 - 1e-6 <= params["scale"].min() and params["scale"].max() <= 1.2 + 1e-6
+    assert np.abs(params["shift"]).max() <= 0.05 + 1e-6
+    assert 0.2 < params["mirror"].mean() < 0.3
+    assert np.abs(params["brightness"]).max() <= 0.1 + 1e-6 and np.abs(params["hue"]).max() <= 0.04 + 1e-6
+    assert np.abs(params["contrast"] - 1).max() <= 0.2 + 1e-6 and np.abs(params["saturation"] - 1).max() <= 0.3 + 1e-6
+    assert (params["scale"] < 1).any() and (params["scale"] > 1).any()  # reduction and enlargement
+
+
+def test_colour_operations_hand_checked():
+    identity = colour_matrices(tf.constant([1.0]), tf.constant([0.0])).numpy()[0]
+    np.testing.assert_allclose(identity, np.eye(3), atol=1e-5)
+    pixels = tf.constant([[[[0.8, 0.4, 0.2], [0.2, 0.4, 0.6]]]], tf.float32)  # (1, 1, 2, 3)
+    grey = apply_colour(pixels, _params(saturation=0.0)).numpy()[0, 0]
+    np.testing.assert_allclose(grey[:, 0], grey[:, 1], atol=1e-5)  # no chroma left: R = G = B = luma
+    np.testing.assert_allclose(grey[0], 0.299 * 0.8 + 0.587 * 0.4 + 0.114 * 0.2, atol=1e-5)
+    brighter = apply_colour(pixels, _params(brightness=0.1)).numpy()[0, 0]
+    np.testing.assert_allclose(brighter, pixels.numpy()[0, 0] + 0.1, atol=1e-5)
+    flat = apply_colour(pixels, _params(contrast=0.0)).numpy()[0, 0]
+    np.testing.assert_allclose(flat, [[0.5, 0.4, 0.4]] * 2, atol=1e-5)  # every pixel → the mean
+    rotated = apply_colour(pixels, _params(hue=0.5)).numpy()[0, 0]  # half a turn: chroma negated
+    luma = pixels.numpy()[0, 0] @ [0.299, 0.587, 0.114]
+    np.testing.assert_allclose(rotated @ [0.299, 0.587, 0.114], luma, atol=1e-5)
+    clipped = apply_colour(pixels, _params(brightness=0.5)).numpy()
+    assert clipped.max() == 1.0
+
+
+def test_augmentation_graph_has_no_python_ops():
+    config = AugmentConfig()
+
+    @tf.function
+    def run(image, points):
+        return augment(image, points, config, tf.constant([1, 2], tf.int64), output_size=64)
+
+    graph = run.get_concrete_function(tf.TensorSpec([2, 96, 96, 3], tf.uint8), tf.TensorSpec([2, 68, 2])).graph
+    op_types = {op.type for op in graph.get_operations()}
+    assert "ImageProjectiveTransformV3" in op_types
+    assert not op_types & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
+
+
+def test_config_validation_and_round_trip():
+    with pytest.raises(ValueError):
+        AugmentConfig(scale_range=(1.2, 0.8))
+    with pytest.raises(ValueError):
+        AugmentConfig(mirror_probability=1.5)
+    with pytest.raises(ValueError):
+        AugmentConfig().permutation(5)  # mirroring 5 points needs an explicit permutation
+    config = AugmentConfig(seed=4, scale_range=(0.8, 1.3))
+    assert AugmentConfig.from_dict(config.to_dict()) == config
+    assert not AugmentConfig.none().has_colour
