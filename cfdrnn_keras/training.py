@@ -1,0 +1,299 @@
+"""Training the CFDRNN with `model.fit`: the trainer model, the recipes, schedules and optimizers.
+
+The network's losses need two of its outputs at once (a delta head's target comes from the heat-map
+head of the same level, DESIGN.md §1–2), which a per-output Keras loss cannot see. `CFDRNNTrainer`
+wraps the plain functional network and overrides `compute_loss`, so `fit`, `evaluate`, callbacks and
+`tf.distribute` work unchanged, and the artefact saved for inference stays the plain network.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import keras
+from keras import ops
+
+from .config import CFDRNNConfig
+from .losses import HEADS, LossWeights, cfdrnn_losses, interocular_nme, total_loss
+from .network import build_cfdrnn
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------
+class CFDRNNTrainer(keras.Model):
+    """Training wrapper around a CFDRNN functional network (shares its variables).
+
+    `compute_loss` sums the weighted per-head losses of `losses.cfdrnn_losses` (plus an optional
+    coupled L2 weight decay on the convolution kernels, the way MatConvNet applies `weightDecay`)
+    and tracks each head's loss and the inter-ocular NME as metrics, so the progress bar, the CSV
+    and `val_*` show them. Never saved as `.keras`: checkpoints hold its weights and optimizer
+    state (`save_weights`), and inference gets `self.network`.
+    """
+
+    def __init__(self, network: keras.Model, loss_weights: LossWeights | None = None, l2_decay: float = 0.0,
+                 stride: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.loss_weights_ = loss_weights or LossWeights()
+        self.l2_decay = float(l2_decay)
+        self.stride = int(stride)
+        self.input_size = int(network.input_shape[1])
+        self.head_trackers = {name: keras.metrics.Mean(name=f"{name}_loss") for name in HEADS}
+        for name, tracker in self.head_trackers.items():
+            setattr(self, f"_{name}_tracker", tracker)  # attribute assignment makes Keras track it
+        self.nme_tracker = keras.metrics.Mean(name="nme")
+        self.l2_tracker = keras.metrics.Mean(name="l2_loss") if self.l2_decay > 0 else None
+        self._decayed_kernels = [w for w in network.trainable_weights if w.path.endswith("kernel")]
+
+    def call(self, inputs, training=None):
+        return self.network(inputs, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        terms = cfdrnn_losses(y, y_pred, self.stride, self.input_size)
+        loss = total_loss(terms, self.loss_weights_)
+        for name, tracker in self.head_trackers.items():
+            tracker.update_state(terms[name])
+        self.nme_tracker.update_state(interocular_nme(y["landmarks"], y_pred["landmarks"]))
+        if self.l2_tracker is not None:
+            l2 = 0.5 * self.l2_decay * ops.sum(ops.stack([ops.sum(ops.square(w)) for w in self._decayed_kernels]))
+            self.l2_tracker.update_state(l2)
+            loss = loss + l2
+        for extra in self.losses:  # none in the CFDRNN graph, kept for subclasses
+            loss = loss + ops.sum(ops.cast(extra, "float32"))
+        # Gradients are summed over replicas: each replica's loss carries 1 / replicas.
+        return keras.src.losses.loss.scale_loss_for_distribution(loss)
+
+    def build_for_training(self) -> None:
+        """Create the trainer's and the optimizer's variables, so `load_weights` can fill them."""
+        size = self.input_size
+        self.build((None, size, size, 3))
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipes
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recipe:
+    """Everything about optimisation that is not the network.
+
+    schedule "steps": `learning_rate` until epoch `boundaries[0]`, then `values[0]`, ... (epochs
+    1-based as in the paper: boundaries (30, 35) mean epochs 1–30, 31–35, 36+).
+    schedule "warmup_cosine": linear warm-up from 0 over `warmup_epochs`, then cosine decay to
+    `final_fraction` × `learning_rate` at the last epoch.
+    weight_decay_mode "l2": coupled, gradient += wd·w before momentum (MatConvNet's `weightDecay`),
+    on convolution kernels; "decoupled": AdamW-style w -= lr·wd·w, batch-norm γ/β excluded.
+    """
+
+    name: str
+    optimizer: str  # "sgd" | "adamw"
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    weight_decay: float
+    weight_decay_mode: str  # "l2" | "decoupled"
+    momentum: float = 0.9
+    schedule: str = "steps"  # "steps" | "warmup_cosine" | "constant"
+    boundaries: tuple = ()
+    values: tuple = ()
+    warmup_epochs: float = 0.0
+    final_fraction: float = 0.0
+    clipnorm: float | None = None
+
+    def replace(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+RECIPES = {
+    # DESIGN.md §2: SGD momentum 0.9, weight decay 5e-4, batch 2, 1e-5 → 5e-6 (epoch 31) → 1e-6 (36), 1000 epochs.
+    "paper": Recipe(
+        name="paper", optimizer="sgd", learning_rate=1e-5, batch_size=2, epochs=1000, weight_decay=5e-4,
+        weight_decay_mode="l2", momentum=0.9, schedule="steps", boundaries=(30, 35), values=(5e-6, 1e-6),
+    ),
+    # Converges in tens of epochs on a CPU (evidence in docs/TRAINING.md).
+    "practical": Recipe(
+        name="practical", optimizer="adamw", learning_rate=1e-3, batch_size=8, epochs=60, weight_decay=1e-4,
+        weight_decay_mode="decoupled", schedule="warmup_cosine", warmup_epochs=1.0, final_fraction=0.01,
+        clipnorm=10.0,
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}") from None
+
+
+def make_schedule(recipe: Recipe, steps_per_epoch: int):
+    """The recipe's learning rate as a function of the optimizer's iteration count.
+
+    Being a function of `optimizer.iterations` (saved in every checkpoint) is what makes a resumed
+    run continue on exactly the same learning-rate curve.
+    """
+    if steps_per_epoch <= 0:
+        raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+    schedules = keras.optimizers.schedules
+    if recipe.schedule == "constant":
+        return recipe.learning_rate
+    if recipe.schedule == "steps":
+        if len(recipe.boundaries) != len(recipe.values):
+            raise ValueError("a 'steps' schedule needs as many values as boundaries")
+        if not recipe.boundaries:
+            return recipe.learning_rate
+        boundaries = [int(epoch * steps_per_epoch) for epoch in recipe.boundaries]
+        return schedules.PiecewiseConstantDecay(boundaries, [recipe.learning_rate, *recipe.values])
+    if recipe.schedule == "warmup_cosine":
+        total = max(1, int(round(recipe.epochs * steps_per_epoch)))
+        warmup = min(int(round(recipe.warmup_epochs * steps_per_epoch)), total - 1)
+        return schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else recipe.learning_rate,
+            decay_steps=max(1, total - warmup),
+            alpha=recipe.final_fraction,
+            warmup_target=recipe.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    raise ValueError(f"unknown schedule {recipe.schedule!r}")
+
+
+def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    learning_rate = make_schedule(recipe, steps_per_epoch)
+    common = {"clipnorm": recipe.clipnorm} if recipe.clipnorm else {}
+    decoupled = recipe.weight_decay if recipe.weight_decay_mode == "decoupled" else None
+    if recipe.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=recipe.momentum, weight_decay=decoupled, **common)
+    elif recipe.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=decoupled or 0.0, **common)
+    else:
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r}; use sgd or adamw")
+    if decoupled:
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta"])
+    return optimizer
+
+
+def current_learning_rate(optimizer) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision
+# ----------------------------------------------------------------------------------------------
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True where the CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16).
+
+    Without them oneDNN emulates bf16 and mixed_bfloat16 is several times SLOWER than float32
+    (measured on an AVX2-only AMD EPYC: > 7 s/face against 2 s/face, docs/TRAINING.md).
+    """
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" → "bf16" on a GPU or a CPU with native bf16, else "fp32"; others pass through."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision != "auto":
+        return precision
+    try:
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return "bf16"
+    except ImportError:
+        pass
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def set_precision(precision: str) -> None:
+    """Global Keras dtype policy for models built from now on."""
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+
+
+# ----------------------------------------------------------------------------------------------
+# Assembling and exporting
+# ----------------------------------------------------------------------------------------------
+def build_trainer(config: CFDRNNConfig, recipe: Recipe, steps_per_epoch: int,
+                  loss_weights: LossWeights | None = None, init_weights: str | None = None) -> CFDRNNTrainer:
+    """Network + trainer + optimizer, compiled and built (call inside `strategy.scope()`)."""
+    network = build_cfdrnn(config)
+    if init_weights:
+        load_network_weights(network, init_weights)
+    l2 = recipe.weight_decay if recipe.weight_decay_mode == "l2" else 0.0
+    trainer = CFDRNNTrainer(network, loss_weights=loss_weights, l2_decay=l2, stride=config.stride)
+    trainer.compile(optimizer=make_optimizer(recipe, steps_per_epoch))
+    trainer.build_for_training()
+    return trainer
+
+
+def load_network_weights(network: keras.Model, path: str) -> None:
+    """Fill `network` from a saved CFDRNN (`.keras`) or its weights (`.weights.h5`), by layer name.
+
+    Fine-tuning may change precision or dropout; layers are matched by name, shapes must agree.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: initial weights not found")
+    if path.endswith(".weights.h5"):
+        network.load_weights(path)
+        return
+    source = keras.saving.load_model(path, compile=False, safe_mode=True)
+    for layer in network.layers:
+        if not layer.weights:
+            continue
+        try:
+            other = source.get_layer(layer.name)
+        except ValueError:
+            raise ValueError(f"{path}: has no layer {layer.name!r}; not a CFDRNN of this configuration") from None
+        values = other.get_weights()
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if [tuple(v.shape) for v in values] != shapes:
+            raise ValueError(f"{path}: layer {layer.name!r} has weights of other shapes (another width or size?)")
+        layer.set_weights(values)
+
+
+def plain_network_copy(network: keras.Model, config: CFDRNNConfig) -> keras.Model:
+    """A float32 copy of the network with the same weights: the inference artefact.
+
+    Saving a float32 graph keeps the `.keras` file free of the training precision, so loading it
+    does not impose bf16 on a CPU that emulates it.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = build_cfdrnn(config, name=network.name)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.set_weights([ops.convert_to_numpy(w) for w in network.weights])
+    return copy
+
+
+def save_network_atomically(network: keras.Model, config: CFDRNNConfig, path: str) -> None:
+    """`path` (.keras) gets the plain float32 network; a reader never sees a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    plain_network_copy(network, config).save(temporary)
+    os.replace(temporary, path)
+
+
+def steps_for(count: int, global_batch: int) -> int:
+    """Batches in one pass over `count` faces: whole batches, at least 1.
+
+    Training datasets repeat before batching, so a batch may straddle two passes and the count
+    never needs to divide evenly.
+    """
+    return max(1, count // global_batch)
