@@ -1,0 +1,496 @@
+"""Run a landmark model over annotated faces and score it on the 300-W protocol (DESIGN.md section 3).
+
+Each face is read once, cropped (256x256, the box made square and enlarged 1.25x, as in training),
+the crops go through the model in batches, and the predictions are mapped back to the ORIGINAL
+photo's pixel coordinates (0-based pixel centres) with the inverse crop matrix. Errors are measured
+there, against the .pts annotation, so no crop choice can flatter the numbers.
+
+Boxes (`box=`):
+* ``"gt"``: the tight box of the 68 annotated points (what HRNet and PIPNet evaluate with).
+* ``"detect"``: the package's face detector on the whole photo; the detection that overlaps the
+  annotated box most is used. A face with no detection of IoU > 0.3 with its annotated box is
+  *missed*: it gets no prediction and the error ``MISSED_FACE_ERROR`` (1.0, i.e. 100 % of the eye
+  distance) in both normalisations, so it counts as a failure in CED, AUC and FR and raises the mean.
+
+Models: a Keras model (CFDRNN dict outputs or a single landmarks output, input in [-0.5, 0.5]), or
+any callable ``predict(crops_uint8 (B, 256, 256, 3)) -> normalised landmarks (B, 68, 2)`` (or a dict
+with ``"landmarks"``), so a LandmarkDetector or a TFLite interpreter is scored the same way.
+"""
+from __future__ import annotations
+
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from data_pipelines.discovery import SPLITS, Face, find_faces, subset_of
+from data_pipelines.geometry import crop_matrix, face_box_from_points, invert, transform_points, warp_to_crop
+from data_pipelines.images import ImageReadError, read_image
+from data_pipelines.pts import PtsFormatError, read_pts
+
+from . import metrics
+
+INPUT_SIZE = 256
+CROP_MARGIN = 1.25
+MISSED_FACE_ERROR = 1.0
+DETECTION_MIN_IOU = 0.3
+BOX_MODES = ("gt", "detect")
+# 300-W test groups (DESIGN.md section 3) in the order the paper's tables list them.
+TEST_GROUPS = ("common", "challenging", "private")
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+class EvaluationError(RuntimeError):
+    """A problem that stops an evaluation (no faces, no model); the message is one line."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Models → predictors
+# ----------------------------------------------------------------------------------------------
+def keras_predictor(model) -> Predictor:
+    """uint8 crops → normalised landmarks through a Keras model, fetching only the landmarks output."""
+    import keras
+
+    outputs = model.outputs
+    if isinstance(model.output, dict):
+        if "landmarks" not in model.output:
+            raise EvaluationError(f"model {model.name!r} has no 'landmarks' output (has {sorted(model.output)})")
+        outputs = model.output["landmarks"]
+    elif len(outputs) == 1:
+        outputs = outputs[0]
+    else:
+        raise EvaluationError(f"model {model.name!r} has {len(outputs)} unnamed outputs; cannot tell the landmarks")
+    landmarks_model = keras.Model(model.inputs, outputs)
+
+    def predict(crops: np.ndarray) -> np.ndarray:
+        images = crops.astype(np.float32) * (1.0 / 255.0) - 0.5
+        return np.asarray(landmarks_model.predict_on_batch(images))
+
+    return predict
+
+
+def as_predictor(model) -> Predictor:
+    """A Keras model or any `predict(uint8 crops)` callable → a function giving (B, 68, 2) numpy."""
+    try:
+        import keras
+
+        if isinstance(model, keras.Model):
+            return keras_predictor(model)
+    except ImportError:  # pragma: no cover - keras is a dependency
+        pass
+    if not callable(model):
+        raise EvaluationError(f"cannot evaluate {type(model).__name__}: pass a Keras model or a callable")
+
+    def predict(crops: np.ndarray) -> np.ndarray:
+        result = model(crops)
+        if isinstance(result, dict):
+            result = result["landmarks"]
+        return np.asarray(result)
+
+    return predict
+
+
+def tflite_predictor(path) -> Predictor:
+    """uint8 crops → normalised landmarks through a TFLite file run by LiteRT, one batch per call.
+
+    The input may be uint8 (pre-processing inside the model) or float ([-0.5, 0.5], as the Keras
+    model); the landmarks output is the one named like "landmarks", else the only (B, 68, 2) output.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    input_detail = interpreter.get_input_details()[0]
+    outputs = interpreter.get_output_details()
+    named = [o for o in outputs if "landmarks" in o["name"]]
+    shaped = [o for o in outputs if tuple(o["shape"][1:]) == (metrics.NUM_LANDMARKS, 2)]
+    if named:
+        output_index = named[0]["index"]
+    elif len(shaped) == 1:
+        output_index = shaped[0]["index"]
+    else:
+        raise EvaluationError(f"{path}: cannot tell which TFLite output holds the landmarks")
+    state = {"batch": None}
+
+    def predict(crops: np.ndarray) -> np.ndarray:
+        if state["batch"] != len(crops):
+            interpreter.resize_tensor_input(input_detail["index"], [len(crops), *crops.shape[1:]])
+            interpreter.allocate_tensors()
+            state["batch"] = len(crops)
+        if input_detail["dtype"] == np.uint8:
+            images = crops.astype(np.uint8)
+        else:
+            images = (crops.astype(np.float32) * (1.0 / 255.0) - 0.5).astype(input_detail["dtype"])
+        interpreter.set_tensor(input_detail["index"], images)
+        interpreter.invoke()
+        return np.array(interpreter.get_tensor(output_index), dtype=np.float32)
+
+    return predict
+
+
+def packaged_model_path() -> Path | None:
+    """The trained model that ships inside the package, or None while none does."""
+    try:
+        from .inference import default_model_path
+    except ImportError:
+        default_model_path = None
+    if default_model_path is not None:
+        try:
+            found = default_model_path()
+        except (FileNotFoundError, OSError, ValueError):
+            found = None
+        if found is not None and Path(found).exists():
+            return Path(found)
+    assets = Path(__file__).resolve().parent / "assets"
+    candidates = sorted(assets.glob("*.keras")) if assets.is_dir() else []
+    return candidates[0] if candidates else None
+
+
+def load_model(path=None):
+    """(model or predictor, name) for a .keras or .tflite path, or the packaged model when path is None."""
+    if path is None:
+        path = packaged_model_path()
+        if path is None:
+            raise EvaluationError("no trained model ships with cfdrnn-keras yet: pass --model PATH (.keras or .tflite)")
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path}: model file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".keras":
+            import keras
+
+            from . import network  # noqa: F401  (registers the custom layers)
+
+            return keras.saving.load_model(str(path), safe_mode=True), str(path)
+        if suffix == ".tflite":
+            return tflite_predictor(path), str(path)
+    except EvaluationError:
+        raise
+    except Exception as error:  # a corrupt or foreign file: one line, not a traceback
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EvaluationError(f"{path}: cannot load the model: {message}") from None
+    raise EvaluationError(f"{path}: unknown model format {suffix or '(no extension)'}; use .keras or .tflite")
+
+
+# ----------------------------------------------------------------------------------------------
+# Subsets
+# ----------------------------------------------------------------------------------------------
+def row_of(face: Face) -> str:
+    """The table row a face belongs to: its 300-W test group, else its part or folder name.
+
+    Training parts (afw, lfpw/trainset, helen/trainset) keep their own names, so evaluating on the
+    training data shows each part instead of one "train" row.
+    """
+    group = subset_of(face)
+    return group if group in TEST_GROUPS else face.subset
+
+
+def subset_members(rows: list[str]) -> dict[str, np.ndarray]:
+    """Row name → indices of its faces, in the paper's order: common, challenging, full (when both
+    are present; image-weighted, i.e. all their faces pooled), private; then other parts and
+    folders by name; then `all`."""
+    rows = np.asarray(rows, dtype=object)
+    members: dict[str, np.ndarray] = {}
+    for group in ("common", "challenging"):
+        if np.any(rows == group):
+            members[group] = np.flatnonzero(rows == group)
+    if len(members) == 2:
+        members["full"] = np.flatnonzero((rows == "common") | (rows == "challenging"))
+    if np.any(rows == "private"):
+        members["private"] = np.flatnonzero(rows == "private")
+    for name in sorted(set(rows.tolist()) - set(TEST_GROUPS)):
+        members[name] = np.flatnonzero(rows == name)
+    members["all"] = np.arange(len(rows))
+    return members
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class FaceResult:
+    """One face: ground truth and prediction in original-photo pixels (pred None when missed)."""
+
+    file: str
+    subset: str
+    gt: np.ndarray
+    pred: np.ndarray | None
+
+    @property
+    def missed(self) -> bool:
+        return self.pred is None
+
+    def error(self, normalisation: str = "inter_ocular") -> float:
+        if self.pred is None:
+            return MISSED_FACE_ERROR
+        return float(metrics.nme(self.pred, self.gt, normalisation))
+
+
+@dataclass
+class Evaluation:
+    """Per-face results of one run, with the subset table and the JSON report derived from them."""
+
+    model: str
+    results: list[FaceResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    box: str = "gt"
+
+    def errors(self, normalisation: str = "inter_ocular") -> np.ndarray:
+        return np.array([result.error(normalisation) for result in self.results], dtype=np.float64)
+
+    def members(self) -> dict[str, np.ndarray]:
+        return subset_members([result.subset for result in self.results])
+
+    def subsets(self) -> dict[str, dict]:
+        """Subset name → {n, nme_io, nme_ip, auc08_io, fr08_io} in percent."""
+        if not self.results:
+            return {}
+        io, ip = self.errors("inter_ocular"), self.errors("inter_pupil")
+        return {name: metrics.summarize(io[index], ip[index]) for name, index in self.members().items()}
+
+    def missed(self) -> dict[str, int]:
+        """Subset name → faces the detector missed (all zero with gt boxes)."""
+        flags = np.array([result.missed for result in self.results], dtype=bool)
+        return {name: int(flags[index].sum()) for name, index in self.members().items()}
+
+    def to_json(self) -> dict:
+        """The report: model, subsets (percent) and per-image errors with points in photo pixels."""
+        io = self.errors("inter_ocular")
+        return {
+            "model": self.model,
+            "subsets": self.subsets(),
+            "per_image": [
+                {
+                    "file": result.file,
+                    "subset": result.subset,
+                    "nme_io": 100.0 * float(error),
+                    "pred": [] if result.pred is None else np.asarray(result.pred, dtype=float).tolist(),
+                    "gt": np.asarray(result.gt, dtype=float).tolist(),
+                }
+                for result, error in zip(self.results, io)
+            ],
+        }
+
+
+# The paper's CFDRNN figures (DESIGN.md section 3; Tables 5-7), percent.
+PAPER_CFDRNN = {
+    "common": {"nme_io": 3.23, "nme_ip": 4.55},
+    "challenging": {"nme_io": 4.24, "nme_ip": 6.05},
+    "full": {"nme_io": 3.44, "nme_ip": 4.85},
+    "private": {"nme_io": 3.49, "auc08_io": 56.68, "fr08_io": 1.00},
+}
+TABLE_COLUMNS = (("nme_io", "NME IO"), ("nme_ip", "NME IP"), ("auc08_io", "AUC_0.08"), ("fr08_io", "FR_0.08"))
+
+
+def markdown_table(subsets: dict, missed: dict | None = None) -> str:
+    """The paper-style table: one row per subset, ours beside the paper's CFDRNN figure (percent)."""
+    header = ["subset", "n"]
+    for _, title in TABLE_COLUMNS:
+        header += [f"{title} %", "paper"]
+    show_missed = bool(missed) and any(missed.values())
+    if show_missed:
+        header.append("missed")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for name, row in subsets.items():
+        paper = PAPER_CFDRNN.get(name, {})
+        cells = [name, str(row["n"])]
+        for key, _ in TABLE_COLUMNS:
+            cells += [f"{row[key]:.2f}", f"{paper[key]:.2f}" if key in paper else "–"]
+        if show_missed:
+            cells.append(str(missed.get(name, 0)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+def box_iou(a, b) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def best_detection(boxes, gt_box, min_iou: float = DETECTION_MIN_IOU):
+    """The detected box that overlaps the annotated box most, or None if none has IoU > min_iou."""
+    best, best_iou = None, min_iou
+    for box in boxes:
+        box = tuple(float(value) for value in box[:4])
+        iou = box_iou(box, gt_box)
+        if iou > best_iou:
+            best, best_iou = box, iou
+    return best
+
+
+@dataclass
+class _Prepared:
+    face: Face
+    gt: np.ndarray | None = None
+    crop: np.ndarray | None = None
+    matrix: np.ndarray | None = None
+    problem: str | None = None
+
+
+def _prepare(face: Face, box: str, detector) -> _Prepared:
+    """Read one face and cut its crop (runs in worker threads: OpenCV releases the GIL)."""
+    try:
+        gt = read_pts(face.pts_path).astype(np.float64)
+        if gt.shape != (metrics.NUM_LANDMARKS, 2):
+            return _Prepared(face, problem=f"{face.pts_path}: has {len(gt)} points, expected 68")
+        image = read_image(face.image_path)
+    except (PtsFormatError, ImageReadError) as error:
+        return _Prepared(face, problem=str(error))
+    gt_box = face_box_from_points(gt)
+    if box == "detect":
+        found = best_detection(detector(image), gt_box)
+        if found is None:
+            return _Prepared(face, gt=gt)
+        gt_box = found
+    try:
+        matrix = crop_matrix(gt_box, INPUT_SIZE, CROP_MARGIN)
+    except ValueError as error:
+        return _Prepared(face, problem=f"{face.pts_path}: {error}")
+    return _Prepared(face, gt=gt, crop=warp_to_crop(image, matrix, INPUT_SIZE), matrix=matrix)
+
+
+def _prepared_in_order(faces, box, detector, workers: int, prefetch: int):
+    """Prepared faces in input order, at most `prefetch` in flight (memory stays bounded)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = deque()
+        for face in faces:
+            pending.append(pool.submit(_prepare, face, box, detector))
+            if len(pending) >= prefetch:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def crop_to_photo(landmarks_normalised, matrices) -> np.ndarray:
+    """Normalised crop coordinates (B, 68, 2) → photo pixels, through each crop matrix's inverse."""
+    points = np.asarray(landmarks_normalised, dtype=np.float64) * INPUT_SIZE
+    return np.stack([transform_points(invert(matrix), crop_points) for matrix, crop_points in zip(matrices, points)])
+
+
+def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detector=None, model_name=None,
+                   progress: bool = False, on_skip: Callable[[str], None] | None = None,
+                   workers: int = 2) -> Evaluation:
+    """Predict every face and collect the results; bad files are reported through `on_skip` and skipped."""
+    if box not in BOX_MODES:
+        raise EvaluationError(f"box must be one of {', '.join(BOX_MODES)}, got {box!r}")
+    if batch_size < 1:
+        raise EvaluationError(f"batch size must be at least 1, got {batch_size}")
+    if box == "detect" and detector is None:
+        detector = default_detector()
+    predict = as_predictor(model)
+    name = model_name if model_name is not None else getattr(model, "name", type(model).__name__)
+    evaluation = Evaluation(model=str(name), box=box)
+    report = on_skip or (lambda message: print(message, file=sys.stderr))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(faces), unit="face", disable=not progress, dynamic_ncols=True)
+    batch: list[_Prepared] = []
+
+    def flush():
+        if not batch:
+            return
+        crops = np.stack([item.crop for item in batch])
+        landmarks = np.asarray(predict(crops))
+        if landmarks.shape != (len(batch), metrics.NUM_LANDMARKS, 2):
+            raise EvaluationError(f"the model returned landmarks of shape {landmarks.shape}, "
+                                  f"expected ({len(batch)}, {metrics.NUM_LANDMARKS}, 2)")
+        points = crop_to_photo(landmarks, [item.matrix for item in batch])
+        for item, pred in zip(batch, points):
+            evaluation.results.append(FaceResult(item.face.image_path, row_of(item.face), item.gt, pred))
+        bar.update(len(batch))
+        batch.clear()
+
+    try:
+        for item in _prepared_in_order(faces, box, detector, workers, prefetch=4 * batch_size):
+            if item.problem is not None:
+                evaluation.skipped.append(item.problem)
+                bar.write(f"skipped {item.problem}") if progress else report(f"skipped {item.problem}")
+                bar.update(1)
+            elif item.crop is None:  # the detector missed it
+                flush()  # keep results in input order
+                evaluation.results.append(FaceResult(item.face.image_path, row_of(item.face), item.gt, None))
+                bar.update(1)
+            else:
+                batch.append(item)
+                if len(batch) == batch_size:
+                    flush()
+        flush()
+    finally:
+        bar.close()
+    return evaluation
+
+
+def default_detector():
+    """The package's face detector as a function: RGB photo → list of (x0, y0, x1, y1) boxes."""
+    try:
+        from . import detector as detector_module
+    except ImportError as error:
+        raise EvaluationError(f"--box detect needs cfdrnn_keras.detector, which cannot be imported: {error}") from None
+    if hasattr(detector_module, "default_detector"):
+        found = detector_module.default_detector()
+        return found.detect if hasattr(found, "detect") else found
+    return detector_module.detect
+
+
+def discover(roots, limit: int | None = None, on_skip: Callable[[str], None] | None = None):
+    """Faces under the roots (sorted by path; the first `limit` when given) and the skipped files."""
+    problems = []
+    faces = find_faces(roots, problems=problems)
+    messages = [str(problem) for problem in problems]
+    if on_skip is not None:
+        for message in messages:
+            on_skip(f"skipped {message}")
+    if limit is not None:
+        faces = faces[: max(0, int(limit))]
+    return faces, messages
+
+
+def evaluate(roots, model, *, limit: int | None = None, **options) -> Evaluation:
+    """Find the faces under `roots` and evaluate `model` on them (options as `evaluate_faces`)."""
+    faces, problems = discover(roots, limit, options.get("on_skip"))
+    if not faces:
+        raise EvaluationError(f"no annotated faces (image + .pts pairs) under {', '.join(map(str, roots))}")
+    evaluation = evaluate_faces(faces, model, **options)
+    evaluation.skipped[:0] = problems
+    return evaluation
+
+
+def load_report(path) -> dict:
+    """A JSON report written by tools/evaluate.py (one-line error if it is not one)."""
+    import json
+
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"{path}: cannot read the report: {error}") from None
+    if not isinstance(report, dict) or not {"model", "subsets", "per_image"} <= set(report):
+        raise EvaluationError(f"{path}: not an evaluation report (needs model, subsets and per_image)")
+    return report
+
+
+def report_members(report: dict) -> dict[str, np.ndarray]:
+    """Subset name → per-image inter-ocular errors (fractions) of a JSON report, subsets as in the run."""
+    rows = [entry["subset"] for entry in report["per_image"]]
+    errors = np.array([entry["nme_io"] for entry in report["per_image"]], dtype=np.float64) / 100.0
+    return {name: errors[index] for name, index in subset_members(rows).items()}
+
+
+__all__ = [
+    "BOX_MODES", "DETECTION_MIN_IOU", "MISSED_FACE_ERROR", "Evaluation", "EvaluationError", "FaceResult",
+    "as_predictor", "best_detection", "box_iou", "crop_to_photo", "discover", "evaluate", "evaluate_faces",
+    "keras_predictor", "load_report", "report_members", "row_of", "subset_members", "SPLITS",
+]

@@ -1,0 +1,79 @@
+"""Cumulative error distribution (CED) plots as PNG files, for one run or several side by side.
+
+The curves are drawn on the same grid the AUC is computed on (metrics.ced_grid: 0 to 0.08 in 1e-4
+steps), in percent of the inter-ocular distance, so what the eye sees is what the table says.
+matplotlib runs on the Agg backend: no display is needed.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a subset or run name (`lfpw/testset` → `lfpw_testset`)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "unnamed"
+
+
+def plot_ced(curves: dict, path, title: str = "Cumulative error distribution",
+             threshold: float = metrics.AUC_THRESHOLD) -> Path:
+    """One CED curve per entry of `curves` (label → per-image errors as fractions) into a PNG.
+
+    Each label is suffixed with its AUC and failure rate at the threshold, so a figure stands alone.
+    """
+    plt = _pyplot()
+    grid = metrics.ced_grid(threshold)
+    figure, axes = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    try:
+        for label, errors in curves.items():
+            errors = np.asarray(errors, dtype=np.float64)
+            auc = 100 * metrics.auc(errors, threshold)
+            failures = 100 * metrics.failure_rate(errors, threshold)
+            axes.plot(100 * grid, metrics.ced(errors, grid),
+                      label=f"{label} (n={errors.size}, AUC {auc:.2f}, FR {failures:.2f}%)")
+        axes.set_xlim(0, 100 * threshold)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("NME, inter-ocular (%)")
+        axes.set_ylabel("fraction of images")
+        axes.set_title(title)
+        axes.grid(True, alpha=0.3)
+        axes.legend(loc="lower right", fontsize="small")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.tight_layout()
+        figure.savefig(path)
+    finally:
+        plt.close(figure)
+    return path
+
+
+def plot_run(members: dict, directory, model: str = "") -> list[Path]:
+    """A run's CED curves: every subset in one figure (`ced.png`)."""
+    title = f"CED, {model}" if model else "Cumulative error distribution"
+    return [plot_ced(members, Path(directory) / "ced.png", title)]
+
+
+def plot_compare(runs: dict, directory) -> list[Path]:
+    """Several runs (label → {subset → errors}) compared: one figure per subset that every run has
+    (`ced_compare_<subset>.png`), one curve per run."""
+    if not runs:
+        return []
+    shared = [name for name in next(iter(runs.values())) if all(name in members for members in runs.values())]
+    paths = []
+    for subset in shared:
+        curves = {label: members[subset] for label, members in runs.items()}
+        paths.append(plot_ced(curves, Path(directory) / f"ced_compare_{safe_name(subset)}.png", f"CED, {subset}"))
+    return paths
