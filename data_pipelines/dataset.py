@@ -93,35 +93,41 @@ def load_examples(faces, output_size: int = 256, margin: float = DEFAULT_MARGIN,
     """
     faces = list(faces)
     workers = workers or min(8, os.cpu_count() or 1)
+    count = len(faces)
+    # Workers write straight into the stacked arrays: no second copy of every crop.
+    images = np.zeros((count, output_size, output_size, 3), np.uint8)
+    matrices = np.zeros((count, 3, 3), np.float64)
+    results: list = [None] * count
 
-    def one(face):
+    def one(index):
+        face = faces[index]
         try:
             cropped = crop_face(face, output_size, margin, max_pixels=max_pixels)
             if num_points is not None and len(cropped.points) != num_points:
                 raise PtsFormatError(face.pts_path, f"has {len(cropped.points)} points, expected {num_points}")
-            return cropped
         except (ImageReadError, PtsFormatError) as error:
             message = error.problem if getattr(error, "line", None) is None else f"line {error.line}: {error.problem}"
-            return Problem(error.path, message)
+            results[index] = Problem(error.path, message)
+            return
+        images[index] = cropped.image
+        matrices[index] = cropped.matrix
+        results[index] = cropped.points
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(one, faces))
-    kept, found_problems = [], []
-    for face, result in zip(faces, results):
-        if isinstance(result, Problem):
-            found_problems.append(result)
-            log.warning("skipped %s", result)
-        else:
-            kept.append((face, result))
+        list(pool.map(one, range(count)))
+    found_problems = [result for result in results if isinstance(result, Problem)]
+    for problem in found_problems:
+        log.warning("skipped %s", problem)
     if problems is not None:
         problems.extend(found_problems)
-    count = len(kept)
-    images = np.empty((count, output_size, output_size, 3), np.uint8)
-    points = np.empty((count, kept[0][1].points.shape[0] if kept else (num_points or 0), 2), np.float32)
-    matrices = np.empty((count, 3, 3), np.float64)
-    for index, (_, cropped) in enumerate(kept):
-        images[index], points[index], matrices[index] = cropped.image, cropped.points, cropped.matrix
-    return Examples(images, points, matrices, [face for face, _ in kept], found_problems)
+    keep = [index for index, result in enumerate(results) if not isinstance(result, Problem)]
+    if len(keep) < count:
+        images, matrices = images[keep], matrices[keep]
+    point_count = len(results[keep[0]]) if keep else (num_points or 0)
+    points = np.zeros((len(keep), point_count, 2), np.float32)
+    for row, index in enumerate(keep):
+        points[row] = results[index]
+    return Examples(images, points, matrices, [faces[index] for index in keep], found_problems)
 
 
 def loose_geometry(output_size: int, margin: float, loose_factor: float) -> tuple[int, float]:
@@ -143,14 +149,15 @@ def _config_or_default(config):
     return config
 
 
-def _stack_to_tensor(images: np.ndarray, chunk: int = 256):
-    """numpy → one tf.Tensor in chunks, so the peak is about 2× the array rather than 3×."""
+def _stack_to_tensor(examples: Examples, chunk: int = 256):
+    """`examples.images` → one tf.Tensor, in chunks and releasing the numpy array before the
+    concatenation, so the peak is about 2× the crops rather than 3×."""
     import tensorflow as tf
 
-    if len(images) <= chunk:
-        return tf.convert_to_tensor(images)
+    images = examples.images
     parts = [tf.convert_to_tensor(images[start:start + chunk]) for start in range(0, len(images), chunk)]
-    return tf.concat(parts, axis=0)
+    examples.images = images = None
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
 
 
 def encode_targets(points_px, config):
@@ -251,7 +258,12 @@ def make_dataset(faces, config=None, *, training: bool, batch_size: int = 8, aug
                                  problems=problems)
         if len(examples) == 0:
             raise ValueError(f"none of the {len(faces)} faces could be read (see the warnings above)")
-        table = _stack_to_tensor(examples.images)
+        table = _stack_to_tensor(examples)
+        if not tf.distribute.has_strategy():
+            # A variable is a resource: graph rewrites (auto-sharding across workers) refer to it
+            # instead of copying a gigabyte of pixels into a GraphDef (2 GB limit). Inside a
+            # strategy scope it would be mirrored per device, so the plain tensor is kept there.
+            table = tf.Variable(table, trainable=False, name="face_crop_cache")
         point_table = tf.convert_to_tensor(examples.points)
         del examples
         crops = tf.data.Dataset.range(int(table.shape[0]))

@@ -1,0 +1,155 @@
+"""tf.data pipeline: shapes and ranges, targets that agree with the image, seeds, caching, bad files."""
+import cv2
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from cfdrnn_keras.codec import heatmap_peaks_numpy  # noqa: E402
+from data_pipelines.augment import AugmentConfig  # noqa: E402
+from data_pipelines.dataset import HEATMAP_KEYS, crop_face, load_examples, loose_geometry, make_dataset  # noqa: E402
+from data_pipelines.discovery import find_faces  # noqa: E402
+from data_pipelines.geometry import MIRROR_PERMUTATION_68, invert, transform_points  # noqa: E402
+from data_pipelines.pts import read_pts, write_pts  # noqa: E402
+from tests.test_geometry import face_shape  # noqa: E402
+
+
+def write_synthetic_faces(folder, count, seed=0):
+    """`count` photos of smooth random colour with a synthetic 68-point face each; returns the Faces."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        height, width = rng.integers(150, 260, size=2)
+        noise = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
+        photo = cv2.resize(noise, (int(width), int(height)), interpolation=cv2.INTER_CUBIC)
+        centre = (width * rng.uniform(0.4, 0.6), height * rng.uniform(0.4, 0.6))
+        cv2.imwrite(str(folder / f"face_{index:02d}.png"), photo)
+        write_pts(folder / f"face_{index:02d}.pts", face_shape(centre, half_width=rng.uniform(30, 60)))
+    return find_faces(folder)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    return write_synthetic_faces(tmp_path_factory.mktemp("faces"), 6)
+
+
+def _first(dataset):
+    images, targets = next(iter(dataset))
+    return images.numpy(), {key: value.numpy() for key, value in targets.items()}
+
+
+def test_training_batches_have_the_model_shapes_and_consistent_targets(faces):
+    images, targets = _first(make_dataset(faces, training=True, batch_size=3, seed=1))
+    assert images.shape == (3, 256, 256, 3) and images.dtype == np.float32
+    assert images.min() >= -0.5 and images.max() <= 0.5 and images.std() > 0.05
+    assert set(targets) == {*HEATMAP_KEYS, "landmarks"}
+    for key in HEATMAP_KEYS:
+        assert targets[key].shape == (3, 64, 64, 68)
+        np.testing.assert_array_equal(targets[key], targets["heatmaps_1"])
+    landmarks = targets["landmarks"]
+    assert landmarks.shape == (3, 68, 2)
+    # Each heat-map peaks at the heat-map pixel nearest its landmark (peak = stride·argmax/256).
+    coarse, peak = heatmap_peaks_numpy(targets["heatmaps_1"])
+    inside = (landmarks > 0.01).all(-1) & (landmarks < 0.98).all(-1)
+    assert inside.mean() > 0.9
+    assert np.abs(coarse - landmarks)[inside].max() <= 2.0 / 256 + 1e-6
+    assert (peak[inside] > 0.7).all()
+
+
+def test_evaluation_batches_are_the_plain_crops(faces):
+    dataset = make_dataset(faces, training=False, batch_size=4)
+    batches = list(dataset)
+    assert [int(images.shape[0]) for images, _ in batches] == [4, 2]  # the last partial batch is kept
+    examples = load_examples(faces)
+    images = np.concatenate([images.numpy() for images, _ in batches])
+    landmarks = np.concatenate([targets["landmarks"].numpy() for _, targets in batches])
+    np.testing.assert_array_equal(images, examples.images.astype(np.float32) / 255.0 - 0.5)
+    np.testing.assert_allclose(landmarks, examples.points / 256.0, atol=1e-7)
+    # The matrices take crop points back to the .pts file.
+    back = transform_points(invert(examples.matrices[2]), examples.points[2])
+    np.testing.assert_allclose(back, read_pts(faces[2].pts_path), atol=1e-3)
+
+
+def test_loose_crop_centre_is_the_plain_crop(faces):
+    loose_size, loose_margin = loose_geometry(256, 1.25, 1.5)
+    assert (loose_size, loose_margin) == (384, 1.875)
+    plain, loose = crop_face(faces[0], 256, 1.25), crop_face(faces[0], loose_size, loose_margin)
+    np.testing.assert_allclose(loose.points - 64, plain.points, atol=1e-4)
+    # OpenCV's 1/32-px fixed-point sampling may round a few pixels differently.
+    difference = np.abs(loose.image[64:320, 64:320].astype(int) - plain.image)
+    assert difference.max() <= 2 and difference.mean() < 0.05
+
+
+def test_same_seed_replays_and_epochs_differ(faces):
+    first = make_dataset(faces, training=True, batch_size=2, seed=5)
+    second = make_dataset(faces, training=True, batch_size=2, seed=5)
+    epoch_a = [targets["landmarks"].numpy() for _, targets in first]
+    epoch_b = [targets["landmarks"].numpy() for _, targets in first]
+    replay = [targets["landmarks"].numpy() for _, targets in second]
+    assert len(epoch_a) == 3  # 6 faces, batch 2
+    np.testing.assert_array_equal(np.concatenate(epoch_a), np.concatenate(replay))
+    assert not np.allclose(np.concatenate(epoch_a), np.concatenate(epoch_b))  # new shuffle + augmentation
+    other = make_dataset(faces, training=True, batch_size=2, seed=6)
+    assert not np.allclose(np.concatenate(epoch_a), np.concatenate([t["landmarks"].numpy() for _, t in other]))
+
+
+def test_streaming_without_cache_gives_the_same_stream(faces):
+    cached = make_dataset(faces, training=True, batch_size=2, seed=3, cache=True)
+    streamed = make_dataset(faces, training=True, batch_size=2, seed=3, cache=False)
+    for (image_a, target_a), (image_b, target_b) in zip(cached, streamed):
+        np.testing.assert_array_equal(image_a.numpy(), image_b.numpy())
+        np.testing.assert_array_equal(target_a["landmarks"].numpy(), target_b["landmarks"].numpy())
+
+
+def test_mirrored_training_image_is_the_flipped_plain_crop(faces):
+    mirror_only = AugmentConfig.none(mirror_probability=1.0)
+    images, targets = _first(make_dataset(faces[:2], training=True, batch_size=2, shuffle=False,
+                                          augment_config=mirror_only))
+    plain_images, plain_targets = _first(make_dataset(faces[:2], training=False, batch_size=2))
+    difference = np.abs(images - plain_images[:, :, ::-1])
+    # Exact but for OpenCV's fixed-point rounding of the plain crop (one grey level, rarely).
+    assert difference.max() <= 1 / 255 + 1e-6 and (difference > 1e-6).mean() < 1e-3
+    plain = plain_targets["landmarks"] * 256
+    expected = np.stack([255.0 - plain[..., 0], plain[..., 1]], axis=-1)[:, list(MIRROR_PERMUTATION_68)]
+    np.testing.assert_allclose(targets["landmarks"] * 256, expected, atol=1e-3)
+    assert (targets["landmarks"][:, 36, 0] < targets["landmarks"][:, 45, 0]).all()
+
+
+def test_unreadable_faces_are_reported_and_the_rest_yielded(tmp_path, caplog):
+    folder = tmp_path / "mixed"
+    write_synthetic_faces(folder, 5)
+    png = bytearray((folder / "face_01.png").read_bytes())
+    start = png.find(b"IDAT")
+    png[start + 40:start + 80] = bytes(40)  # valid header, broken pixel data (CRC error)
+    (folder / "face_01.png").write_bytes(bytes(png))
+    (folder / "face_03.pts").write_text("version: 1\nn_points: 68\n{\n1 2\n3\n}\n")
+    faces = find_faces(folder, check=False)  # let the bad files reach the pipeline
+    assert len(faces) == 5
+    problems = []
+    dataset = make_dataset(faces, training=False, batch_size=8, problems=problems)
+    (images, targets), = list(dataset)
+    assert images.shape[0] == 3
+    messages = sorted(str(problem) for problem in problems)
+    assert len(messages) == 2
+    assert "face_01.png" in messages[0] and "not an image or corrupt" in messages[0]
+    assert "face_03.pts" in messages[1] and "line 5" in messages[1]
+    assert "skipped" in caplog.text
+
+
+def test_no_readable_face_is_an_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"not a png")
+    write_pts(tmp_path / "a.pts", face_shape((50, 50), 20))
+    with pytest.raises(ValueError, match="none of the 1 faces"):
+        make_dataset(find_faces(tmp_path, check=False), training=True)
+
+
+def test_real_faces_train_and_evaluate(shared_data):
+    faces = find_faces(shared_data / "300w" / "afw")[:4]
+    images, targets = _first(make_dataset(faces, training=True, batch_size=4, seed=0))
+    assert images.shape == (4, 256, 256, 3)
+    # Margin 1.25 around the 68-point box: the face fills the middle of the crop, whatever the augmentation.
+    centre = targets["landmarks"].mean(axis=1)
+    assert np.abs(centre - 0.5).max() < 0.15
+    _, plain = _first(make_dataset(faces, training=False, batch_size=4))
+    extent = plain["landmarks"].max(axis=1) - plain["landmarks"].min(axis=1)
+    np.testing.assert_allclose(extent.max(axis=1), 1 / 1.25, atol=1e-5)  # longer box side = crop / margin
