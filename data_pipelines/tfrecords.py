@@ -279,14 +279,17 @@ def make_tfrecord_dataset(source, config=None, *, training: bool, batch_size: in
 
 
 def load_tfrecord_examples(source, output_size: int | None = None, num_points: int = 68) -> Examples:
-    """All records as numpy `Examples` of the plain crops (central square of each loose crop), with
-    matrices photo → plain crop, e.g. for evaluation code."""
+    """All records, in writing order, as numpy `Examples` of the plain crops (the central square of
+    each loose crop) with matrices photo → plain crop, e.g. for evaluation code."""
     import tensorflow as tf
 
     files = tfrecord_files(source)
     metadata = read_metadata(files)
     output_size = output_size or metadata.get("output_size", 256)
-    dataset = tf.data.TFRecordDataset(files).map(lambda serialized: parse_record(serialized, num_points))
+    # The reader's interleaving, unshuffled: the faces come back in the order they were written.
+    dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=len(files), block_length=1)
+    dataset = dataset.map(lambda serialized: parse_record(serialized, num_points))
     images, points, matrices, faces = [], [], [], []
     for record in dataset.as_numpy_iterator():
         offset = (int(record["size"]) - output_size) // 2
