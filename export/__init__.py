@@ -1,0 +1,144 @@
+"""Deployment artefacts of a trained CFDRNN model: a SavedModel for TF Serving and TFLite files.
+
+`export_model` writes the requested formats into one folder with a `manifest.json` that records each
+file's size and how far its landmarks are from the Keras model's on the same face crops.
+`export.serving` (TF Serving's REST request format) imports nothing from this project.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SAVED_MODEL = "saved_model"
+TFLITE_FORMATS = ("tflite_fp32", "tflite_fp16", "tflite_int8", "tflite_int8_full")
+FORMATS = (SAVED_MODEL,) + TFLITE_FORMATS
+FILE_NAMES = {SAVED_MODEL: "saved_model", **{fmt: f"cfdrnn_{fmt[len('tflite_'):]}.tflite" for fmt in TFLITE_FORMATS}}
+
+
+def default_model_path() -> Path:
+    """The packaged trained model (it may not exist yet in a development checkout)."""
+    import cfdrnn_keras
+
+    return Path(cfdrnn_keras.__file__).resolve().parent / "assets" / "cfdrnn_lite.keras"
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in formats if item not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"unknown format(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
+    return list(dict.fromkeys(formats))
+
+
+def directory_size(path: Path) -> int:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
+
+def point_difference(reference, other) -> dict:
+    """Mean and max Euclidean distance (px) between two landmark arrays [N, K, 2]."""
+    distance = np.linalg.norm(np.asarray(other, np.float64) - np.asarray(reference, np.float64), axis=-1)
+    return {"mean_px": float(distance.mean()), "max_px": float(distance.max())}
+
+
+def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, comparison_crops=None,
+                 log=print, model_source: str = "") -> dict:
+    """Write each format into `out_dir`, compare each with the Keras model, write `manifest.json`.
+
+    `calibration_crops` (uint8 [K, S, S, 3] real faces) is needed by `tflite_int8_full`;
+    `comparison_crops` are the crops on which every export is compared with the Keras model.
+    A format that fails is recorded with its one-line error and the others go on.
+    Returns the manifest (a dict); `manifest["failed"]` lists the failed formats.
+    """
+    import keras
+    import tensorflow as tf
+
+    from . import tflite
+    from .saved_model import crop_size_of, export_saved_model, inference_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = inference_model(model)
+    size = crop_size_of(model)
+    if comparison_crops is None or len(comparison_crops) == 0:
+        comparison_crops = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+        comparison_data = "synthetic noise (no real faces given)"
+    else:
+        comparison_data = f"{len(comparison_crops)} real face crops"
+    reference = tflite.keras_crop_landmarks(model, comparison_crops)
+
+    manifest = {
+        "model": model_source,
+        "crop_size": size,
+        "parameters": int(model.count_params()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
+        "comparison": comparison_data,
+        "calibration": None if calibration_crops is None else f"{len(calibration_crops)} real face crops",
+        "exports": {},
+        "failed": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        crops_saved_model = None
+        for fmt in formats:
+            target = out_dir / FILE_NAMES[fmt]
+            started = time.perf_counter()
+            try:
+                if fmt == SAVED_MODEL:
+                    if target.exists():
+                        shutil.rmtree(target)
+                    export_saved_model(model, target)
+                    serve = tf.saved_model.load(str(target)).signatures["serving_default"]
+                    points = np.concatenate(
+                        [serve(image=tf.constant(crop[None]))["landmarks"].numpy() for crop in comparison_crops]
+                    )
+                    entry = {"signatures": ["serving_default", "predict_image"]}
+                else:
+                    if crops_saved_model is None:
+                        crops_saved_model = tflite.write_crops_saved_model(model, Path(tmp) / "crops")
+                    content = tflite.convert(model, fmt, calibration_crops, crops_saved_model)
+                    target.write_bytes(content)
+                    runner = tflite.TFLiteLandmarks(target)
+                    points = np.concatenate([runner(crop)["landmarks"] for crop in comparison_crops])
+                    entry = {"operators": sorted(set(tflite.operator_names(content)))}
+            except Exception as error:  # one format failing must not stop the others
+                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                log(f"export: {fmt}: {message}")
+                manifest["failed"].append(fmt)
+                manifest["exports"][fmt] = {"error": message}
+                continue
+            entry.update(
+                path=target.name,
+                size_bytes=directory_size(target),
+                seconds=round(time.perf_counter() - started, 1),
+                **point_difference(reference, points),
+            )
+            manifest["exports"][fmt] = entry
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def manifest_table(manifest: dict) -> str:
+    """The manifest as a Markdown table: size and difference from the Keras model per format."""
+    lines = [
+        f"Difference from the Keras model on {manifest['comparison']} (landmarks, crop pixels of {manifest['crop_size']}):",
+        "",
+        "| format | file | size (MB) | mean diff (px) | max diff (px) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for fmt, entry in manifest["exports"].items():
+        if "error" in entry:
+            lines.append(f"| {fmt} | failed: {entry['error']} | | | |")
+        else:
+            lines.append(
+                f"| {fmt} | {entry['path']} | {entry['size_bytes'] / 1e6:.2f} | {entry['mean_px']:.4f} | {entry['max_px']:.4f} |"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""SavedModel for TensorFlow Serving: face crops → landmarks, and encoded photo + face box → landmarks.
+
+Two signatures (both also callable as `loaded.signatures[name]` after `tf.saved_model.load`):
+
+* `serving_default`: `image` uint8 [N, S, S, 3] face crops → `landmarks` float32 [N, 68, 2] in crop
+  pixels, `confidence` float32 [N, 68].
+* `predict_image`: `image` string [N] (encoded JPEG/PNG/BMP/GIF bytes) and `box` float32 [N, 4]
+  (x0, y0, x1, y1 of the 68-point box in that photo's pixels) → `landmarks` float32 [N, 68, 2] in
+  that photo's pixels (0-based pixel centres), `confidence` float32 [N, 68].
+
+`predict_image` reproduces the Python crop path (`data_pipelines.geometry.crop_matrix` +
+`warp_to_crop`) with TensorFlow ops only, so the artefact runs in a process that imports TensorFlow
+alone: the same square box × margin, the same pixel-centre convention, the same INTER_AREA pre-shrink
+for crops that shrink the photo more than 2×, bilinear warp with black outside the photo, and pixel
+values rounded to uint8 as OpenCV does. JPEGs are decoded with libjpeg's accurate integer IDCT (the
+one OpenCV uses; `tf.io.decode_image`'s default fast IDCT differs from it by up to ~8 grey levels).
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+MARGIN = 1.25  # data_pipelines.geometry.crop_matrix's default: the crop the network is trained on
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The sub-graph that deployment runs: `image` → {`landmarks`, `confidence`}.
+
+    Keras prunes layers the two outputs do not need (the tails of landmark-level branches 1–3).
+    """
+    outputs = model.output
+    if not isinstance(outputs, dict) or not {"landmarks", "confidence"} <= set(outputs):
+        raise ValueError(f"{model.name}: not a CFDRNN model (needs `landmarks` and `confidence` outputs)")
+    return keras.Model(model.input, {"landmarks": outputs["landmarks"], "confidence": outputs["confidence"]},
+                       name=f"{model.name}_inference")
+
+
+def crop_size_of(model: keras.Model) -> int:
+    return int(model.input_shape[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# The crop, in TensorFlow ops (float64 geometry as in data_pipelines.geometry).
+# ------------------------------------------------------------------------------------------------
+def tf_crop_matrices(boxes, output_size: int, margin: float = MARGIN):
+    """`geometry.crop_matrix` for a batch: boxes [N, 4] → float64 [N, 3, 3] photo → crop matrices."""
+    boxes = tf.cast(boxes, tf.float64)
+    x0, y0, x1, y1 = tf.unstack(boxes, axis=-1)
+    side = tf.maximum(x1 - x0, y1 - y0) * margin
+    scale = output_size / side
+    centre = (output_size - 1) / 2.0
+    zeros, ones = tf.zeros_like(scale), tf.ones_like(scale)
+    rows = [
+        tf.stack([scale, zeros, centre - scale * (x0 + x1) / 2.0], axis=-1),
+        tf.stack([zeros, scale, centre - scale * (y0 + y1) / 2.0], axis=-1),
+        tf.stack([zeros, zeros, ones], axis=-1),
+    ]
+    return tf.stack(rows, axis=-2)
+
+
+def _round_to_uint8(values):
+    """OpenCV's float → uint8 (round half up, saturate)."""
+    return tf.cast(tf.clip_by_value(tf.floor(values + 0.5), 0.0, 255.0), tf.uint8)
+
+
+def _warp(image, matrix, output_size: int):
+    """One photo (H, W, C) through one float64 3×3 photo → crop matrix; uint8 (S, S, C)."""
+    inverse = tf.linalg.inv(matrix)  # crop → photo: what ImageProjectiveTransformV3 wants
+    transform = tf.cast(tf.concat([inverse[0, :], inverse[1, :], tf.zeros([2], tf.float64)], axis=0), tf.float32)
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None],
+        transforms=transform[None],
+        output_shape=tf.constant([output_size, output_size], tf.int32),
+        fill_value=tf.constant(0.0, tf.float32),
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )[0]
+    return _round_to_uint8(warped)
+
+
+def tf_warp_to_crop(image, matrix, output_size: int):
+    """`geometry.warp_to_crop(image, matrix, output_size, antialias=True)` for one uint8 photo."""
+    matrix = tf.cast(matrix, tf.float64)
+    scale = tf.sqrt(tf.abs(tf.linalg.det(matrix[:2, :2])))
+
+    def shrink_then_warp():
+        # Area-average to 1.5 photo pixels per crop pixel first, so big photos do not alias; the
+        # resize is composed into the matrix exactly as geometry.warp_to_crop does.
+        shape = tf.shape(image)
+        height, width = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+        factor = scale * 1.5
+        one = tf.constant(1.0, tf.float64)
+        new_width = tf.maximum(one, tf.round(width * factor))  # Python's round(): half to even
+        new_height = tf.maximum(one, tf.round(height * factor))
+        small = tf.image.resize(image, tf.cast(tf.stack([new_height, new_width]), tf.int32), method="area")
+        small = _round_to_uint8(small)
+        sx, sy = new_width / width, new_height / height
+        zero = tf.constant(0.0, tf.float64)
+        resize = tf.stack([
+            tf.stack([sx, zero, 0.5 * sx - 0.5]),
+            tf.stack([zero, sy, 0.5 * sy - 0.5]),
+            tf.constant([0.0, 0.0, 1.0], tf.float64),
+        ])
+        return _warp(small, matrix @ tf.linalg.inv(resize), output_size)
+
+    return tf.cond(scale < 0.5, shrink_then_warp, lambda: _warp(image, matrix, output_size))
+
+
+def tf_decode_image(data):
+    """Encoded bytes → uint8 (H, W, 3) RGB, decoded exactly as OpenCV decodes it (see module doc)."""
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
+    image.set_shape([None, None, 3])
+    return image
+
+
+def tf_transform_points(matrices, points):
+    """Apply float64 [N, 3, 3] affine matrices to points [N, K, 2]."""
+    points = tf.cast(points, tf.float64)
+    return tf.einsum("nkj,nij->nki", points, matrices[:, :2, :2]) + matrices[:, None, :2, 2]
+
+
+# ------------------------------------------------------------------------------------------------
+# The serving functions and the artefact.
+# ------------------------------------------------------------------------------------------------
+def crops_to_landmarks(model: keras.Model, crops):
+    """uint8 crops [N, S, S, 3] → dict(landmarks [N, K, 2] in crop pixels, confidence [N, K])."""
+    size = crop_size_of(model)
+    x = tf.cast(crops, tf.float32) / 255.0 - 0.5
+    outputs = model(x, training=False)
+    landmarks = tf.cast(outputs["landmarks"], tf.float32) * float(size)
+    return {"landmarks": landmarks, "confidence": tf.cast(outputs["confidence"], tf.float32)}
+
+
+def image_to_landmarks(model: keras.Model, images, boxes, margin: float = MARGIN):
+    """Encoded photos [N] + boxes [N, 4] → dict(landmarks [N, K, 2] in photo pixels, confidence)."""
+    size = crop_size_of(model)
+    matrices = tf_crop_matrices(boxes, size, margin)
+
+    def crop_one(args):
+        data, matrix = args
+        return tf_warp_to_crop(tf_decode_image(data), matrix, size)
+
+    crops = tf.map_fn(crop_one, (images, matrices), fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
+    outputs = crops_to_landmarks(model, crops)
+    points = tf_transform_points(tf.linalg.inv(matrices), outputs["landmarks"])
+    return {"landmarks": tf.cast(points, tf.float32), "confidence": outputs["confidence"]}
+
+
+def build_export_archive(model: keras.Model, *, with_predict_image: bool = True, margin: float = MARGIN):
+    """A `keras.export.ExportArchive` holding the inference graph and its serving signatures."""
+    model = inference_model(model)
+    size = crop_size_of(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda image: crops_to_landmarks(model, image),
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="image")],
+    )
+    if with_predict_image:
+        archive.add_endpoint(
+            "predict_image",
+            lambda image, box: image_to_landmarks(model, image, box, margin),
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="image"),
+                tf.TensorSpec([None, 4], tf.float32, name="box"),
+            ],
+        )
+    return archive
+
+
+def export_saved_model(model: keras.Model, path, *, with_predict_image: bool = True, margin: float = MARGIN) -> str:
+    """Write the SavedModel (signatures `serving_default` and `predict_image`) to `path`."""
+    build_export_archive(model, with_predict_image=with_predict_image, margin=margin).write_out(
+        str(path), verbose=False
+    )
+    return str(path)
