@@ -1,0 +1,193 @@
+"""tools/predict.py end to end: good and bad photos, a folder, a video, drawings, JSON, exit status.
+
+One run over a folder with every kind of bad input beside good ones (the real example photo in
+8-bit RGB, 16-bit, grayscale and RGBA) and a short synthetic video; the tests then read its output.
+The model is an untrained 1/16-width CFDRNN saved to .keras: the points are meaningless, but every
+step from file to JSON is the real one.
+"""
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ASTRONAUT = REPO / "examples" / "astronaut.png"
+VIDEO_FRAMES = 6
+
+sys.path.insert(0, str(REPO / "tools"))
+import predict  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from cfdrnn_keras import build_cfdrnn, get_preset
+
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    build_cfdrnn(dataclasses.replace(get_preset("lite"), width=0.0625)).save(path)
+    return path
+
+
+def _write_inputs(folder: Path) -> dict:
+    """Every kind of input the CLI must handle; returns name → path."""
+    folder.mkdir()
+    bgr = cv2.imread(str(ASTRONAUT), cv2.IMREAD_COLOR)
+    bgr = cv2.resize(bgr, (256, 256), interpolation=cv2.INTER_AREA)  # small: quick to process
+    paths = {}
+
+    def put(name, data):
+        paths[name] = folder / name
+        if isinstance(data, bytes):
+            paths[name].write_bytes(data)
+        else:
+            assert cv2.imwrite(str(paths[name]), data)
+
+    put("good_rgb.png", bgr)
+    put("good_16bit.png", bgr.astype(np.uint16) * 257)
+    put("good_gray.png", cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    put("good_rgba.png", np.dstack([bgr, np.full(bgr.shape[:2], 200, np.uint8)]))
+    put("no_face.png", np.full((240, 320, 3), 128, np.uint8))
+    put("empty.jpg", b"")
+    jpeg = cv2.imencode(".jpg", bgr)[1].tobytes()
+    put("truncated.jpg", jpeg[: len(jpeg) // 2])
+    png = cv2.imencode(".png", bgr)[1].tobytes()
+    put("corrupt.png", png[:40] + bytes(len(png) - 40))  # valid header, zeroed data
+    put("not_an_image.jpg", b"just some text, not a picture\n" * 20)
+    put("huge.png", np.zeros((10000, 10000), np.uint8))
+    put("notes.txt", b"ignored: not an image extension")  # folders only yield image/video files
+    # A short video: the face drifting right, MJPG in AVI.
+    paths["clip.avi"] = folder / "clip.avi"
+    writer = cv2.VideoWriter(str(paths["clip.avi"]), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 256))
+    for t in range(VIDEO_FRAMES):
+        frame = np.zeros((256, 320, 3), np.uint8)
+        frame[:, 4 * t:4 * t + 256] = bgr
+        writer.write(frame)
+    writer.release()
+    return paths
+
+
+@pytest.fixture(scope="module")
+def big_run(tmp_path_factory, tiny_model):
+    """predict.py over the folder, plus a missing file, with --json, --draw and --smooth."""
+    root = tmp_path_factory.mktemp("predict")
+    paths = _write_inputs(root / "inputs")
+    missing = root / "missing.png"
+    out_json, draw = root / "out.json", root / "drawn"
+    capture = _Capture()
+    with capture:
+        status = predict.main([str(root / "inputs"), str(missing), "--model", str(tiny_model), "--json", str(out_json),
+                               "--draw", str(draw), "--smooth", "0.3", "--quiet"])
+    records = {Path(r["file"]).name: r for r in json.loads(out_json.read_text())["inputs"]}
+    return dict(status=status, stdout=capture.out, stderr=capture.err, records=records, draw=draw, paths=paths)
+
+
+class _Capture:
+    """Collects what predict.main prints (capsys is function-scoped; the run is module-scoped)."""
+
+    def __enter__(self):
+        import io
+
+        self._old = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self._out, self._err = io.StringIO(), io.StringIO()
+
+    def __exit__(self, *exc):
+        sys.stdout, sys.stderr = self._old
+        self.out, self.err = self._out.getvalue(), self._err.getvalue()
+
+
+BAD = {
+    "missing.png": "file not found",
+    "empty.jpg": "empty file",
+    "truncated.jpg": "truncated JPEG",
+    "corrupt.png": "not an image or corrupt",
+    "not_an_image.jpg": "not an image or corrupt",
+    "huge.png": "too large: 10000x10000",
+}
+
+
+def test_each_bad_input_gets_one_line_and_the_run_fails(big_run):
+    assert big_run["status"] == 1
+    error_lines = [line for line in big_run["stderr"].splitlines() if line.startswith("error:")]
+    assert len(error_lines) == len(BAD)
+    for name, problem in BAD.items():
+        lines = [line for line in error_lines if name in line]
+        assert len(lines) == 1 and problem in lines[0], (name, lines)
+        assert big_run["records"][name]["status"] == "error"
+    assert "Traceback" not in big_run["stderr"]
+    assert "notes.txt" not in big_run["records"]
+
+
+@pytest.mark.parametrize("name", ["good_rgb.png", "good_16bit.png", "good_gray.png", "good_rgba.png"])
+def test_good_photos_in_any_format_are_processed(big_run, name):
+    record = big_run["records"][name]
+    assert record["status"] == "ok" and (record["width"], record["height"]) == (256, 256)
+    assert len(record["faces"]) == 1
+    face = record["faces"][0]
+    points = np.array(face["points"])
+    assert points.shape == (68, 2) and len(face["confidence"]) == 68 and np.all(np.isfinite(points))
+    x0, y0, x1, y1 = face["box"]
+    assert 60 < x0 < x1 < 200 and 20 < y0 < y1 < 160  # the astronaut's face (at 256 px)
+    assert (big_run["draw"] / name).exists()
+
+
+def test_formats_agree(big_run):
+    """16-bit and RGBA decode to the same pixels as the 8-bit file: same box; grayscale is close."""
+    boxes = {name: np.array(big_run["records"][name]["faces"][0]["box"])
+             for name in ("good_rgb.png", "good_16bit.png", "good_rgba.png", "good_gray.png")}
+    np.testing.assert_allclose(boxes["good_16bit.png"], boxes["good_rgb.png"], atol=1e-6)
+    np.testing.assert_allclose(boxes["good_rgba.png"], boxes["good_rgb.png"], atol=1e-6)
+    assert np.abs(boxes["good_gray.png"] - boxes["good_rgb.png"]).max() < 15
+
+
+def test_no_face_is_reported_but_not_a_failure(big_run):
+    record = big_run["records"]["no_face.png"]
+    assert record["status"] == "no face" and record["faces"] == []
+    assert "no_face.png" not in big_run["stderr"]  # not an error line (--quiet hides the report line)
+    assert "1 without a face" in big_run["stderr"]
+    assert f"{len(big_run['records']) - len(BAD)} of {len(big_run['records'])} inputs processed" in big_run["stderr"]
+
+
+def test_video_gives_one_entry_per_frame(big_run):
+    record = big_run["records"]["clip.avi"]
+    assert record["kind"] == "video" and record["status"] == "ok"
+    assert record["fps"] == pytest.approx(10.0) and record["smooth"] == 0.3
+    assert [frame["frame"] for frame in record["frames"]] == list(range(VIDEO_FRAMES))
+    assert [frame["time"] for frame in record["frames"]] == pytest.approx([t / 10 for t in range(VIDEO_FRAMES)])
+    tracks = {face["track"] for frame in record["frames"] for face in frame["faces"]}
+    assert all(len(frame["faces"]) == 1 for frame in record["frames"]) and tracks == {0}
+    # The face drifts 4 px right per frame: so does its (smoothed) box, monotonically.
+    lefts = [frame["faces"][0]["box"][0] for frame in record["frames"]]
+    assert all(b > a for a, b in zip(lefts, lefts[1:])) and 8 < lefts[-1] - lefts[0] < 25
+    drawn = cv2.VideoCapture(str(big_run["draw"] / "clip.avi"))
+    assert int(drawn.get(cv2.CAP_PROP_FRAME_COUNT)) == VIDEO_FRAMES
+    drawn.release()
+
+
+def test_clean_run_exits_zero_and_require_face_fails_faceless(tmp_path, tiny_model, capsys):
+    good = tmp_path / "good.png"
+    shutil.copy(ASTRONAUT, good)
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.zeros((200, 200, 3), np.uint8))
+    assert predict.main([str(good), str(blank), "--model", str(tiny_model), "--detector-zoom", "1"]) == 0
+    out = capsys.readouterr()
+    assert f"{good}: 1 face" in out.out and f"{blank}: no face found" in out.out
+    assert predict.main([str(good), str(blank), "--model", str(tiny_model), "--require-face", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {blank}: no face found" in err
+
+
+def test_model_and_usage_errors_exit_2_with_one_line(tmp_path, capsys):
+    photo = tmp_path / "p.png"
+    shutil.copy(ASTRONAUT, photo)
+    assert predict.main([str(photo), "--model", str(tmp_path / "absent.keras")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'absent.keras'}: model not found"]
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    assert predict.main([str(empty)]) == 2
+    with pytest.raises(SystemExit):
+        predict.main([str(photo), "--smooth", "0"])
