@@ -211,3 +211,26 @@ def test_tflite_backend_units_and_batches(tmp_path, uint8_input):
         means = batch.reshape(len(batch), -1).mean(axis=1) / 255.0
         np.testing.assert_allclose(landmarks, base[None] * means[:, None, None], atol=1e-4)
         np.testing.assert_allclose(confidence, np.repeat(means[:, None], 68, axis=1), atol=1e-4)
+
+
+def test_saved_model_backend_reads_serving_default_in_crop_pixels(tmp_path):
+    """A SavedModel shaped like export/'s: serving_default(uint8 crops) → landmarks in crop pixels."""
+    import tensorflow as tf
+
+    base = np.linspace(0.1, 0.9, 136, dtype=np.float32).reshape(68, 2)
+
+    class Serving(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 256, 256, 3], tf.uint8, name="crops")])
+        def serve(self, crops):
+            mean = tf.reduce_mean(tf.cast(crops, tf.float32), axis=[1, 2, 3]) / 255.0
+            landmarks = base[None] * 256.0 * mean[:, None, None]
+            return {"landmarks": landmarks, "confidence": tf.ones_like(landmarks[..., 0]) * mean[:, None]}
+
+    module = Serving()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    detector = LandmarkDetector(model=tmp_path / "sm", detector=lambda img: [])
+    crops = np.stack([np.full((256, 256, 3), v, np.uint8) for v in (255, 51)])
+    landmarks, confidence = detector.predict_crops(crops)
+    means = np.array([1.0, 0.2])
+    np.testing.assert_allclose(landmarks, base[None] * means[:, None, None], atol=1e-5)  # normalised
+    np.testing.assert_allclose(confidence, np.repeat(means[:, None], 68, axis=1), atol=1e-5)
