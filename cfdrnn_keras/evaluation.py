@@ -18,6 +18,8 @@ with ``"landmarks"``), so a LandmarkDetector or a TFLite interpreter is scored t
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -66,10 +68,15 @@ def keras_predictor(model) -> Predictor:
     else:
         raise EvaluationError(f"model {model.name!r} has {len(outputs)} unnamed outputs; cannot tell the landmarks")
     landmarks_model = keras.Model(model.inputs, outputs)
+    largest = [0]
 
     def predict(crops: np.ndarray) -> np.ndarray:
+        count = len(crops)
+        largest[0] = max(largest[0], count)
+        if count < largest[0]:  # pad a short last batch: one traced graph instead of a second trace
+            crops = np.concatenate([crops, np.zeros((largest[0] - count, *crops.shape[1:]), crops.dtype)])
         images = crops.astype(np.float32) * (1.0 / 255.0) - 0.5
-        return np.asarray(landmarks_model.predict_on_batch(images))
+        return np.asarray(landmarks_model.predict_on_batch(images))[:count]
 
     return predict
 
@@ -95,15 +102,19 @@ def as_predictor(model) -> Predictor:
     return predict
 
 
-def tflite_predictor(path) -> Predictor:
-    """uint8 crops → normalised landmarks through a TFLite file run by LiteRT, one batch per call.
+def tflite_predictor(path=None, *, content: bytes | None = None, num_threads: int | None = None) -> Predictor:
+    """uint8 crops → normalised landmarks through a TFLite model (a file or bytes) run by LiteRT.
 
     The input may be uint8 (pre-processing inside the model) or float ([-0.5, 0.5], as the Keras
     model); the landmarks output is the one named like "landmarks", else the only (B, 68, 2) output.
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
+    if content is not None:
+        interpreter = Interpreter(model_content=content, num_threads=num_threads)
+        path = "<converted model>"
+    else:
+        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
     input_detail = interpreter.get_input_details()[0]
     outputs = interpreter.get_output_details()
     named = [o for o in outputs if "landmarks" in o["name"]]
@@ -130,6 +141,42 @@ def tflite_predictor(path) -> Predictor:
         return np.array(interpreter.get_tensor(output_index), dtype=np.float32)
 
     return predict
+
+
+def keras_to_tflite(model) -> bytes:
+    """The Keras model's landmarks output as an in-memory fp32 TFLite model.
+
+    Why: LiteRT's XNNPACK kernels run the CFDRNN graph on this project's CPUs with about half the
+    CPU time of TensorFlow (docs/EVALUATION.md), with landmarks equal to ~1e-7.
+    """
+    import keras
+    import tensorflow as tf
+
+    outputs = model.output["landmarks"] if isinstance(model.output, dict) else model.outputs[0]
+    landmarks_model = keras.Model(model.inputs, outputs)
+    converter = tf.lite.TFLiteConverter.from_keras_model(landmarks_model)
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the temporary SavedModel's signature
+        return converter.convert()
+
+
+ENGINES = ("keras", "tflite")
+
+
+def prepare_engine(model, engine: str = "keras", num_threads: int | None = None):
+    """The model as it will run: unchanged for "keras", converted to a LiteRT predictor for "tflite"."""
+    if engine not in ENGINES:
+        raise EvaluationError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "keras":
+        return model
+    try:
+        import keras
+
+        is_keras = isinstance(model, keras.Model)
+    except ImportError:  # pragma: no cover
+        is_keras = False
+    if not is_keras:
+        return model  # already a predictor (a .tflite file, say)
+    return tflite_predictor(content=keras_to_tflite(model), num_threads=num_threads)
 
 
 def packaged_model_path() -> Path | None:
@@ -223,6 +270,7 @@ class FaceResult:
 
     @property
     def missed(self) -> bool:
+        """No prediction: the detector found no face here, or the model returned NaN/inf."""
         return self.pred is None
 
     def error(self, normalisation: str = "inter_ocular") -> float:
@@ -397,6 +445,10 @@ def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detec
     from tqdm import tqdm
 
     bar = tqdm(total=len(faces), unit="face", disable=not progress, dynamic_ncols=True)
+
+    def say(message: str) -> None:  # through the bar while it is shown, so it is not torn apart
+        bar.write(message, file=sys.stderr) if progress else report(message)
+
     batch: list[_Prepared] = []
 
     def flush():
@@ -409,6 +461,9 @@ def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detec
                                   f"expected ({len(batch)}, {metrics.NUM_LANDMARKS}, 2)")
         points = crop_to_photo(landmarks, [item.matrix for item in batch])
         for item, pred in zip(batch, points):
+            if not np.all(np.isfinite(pred)):
+                say(f"{item.face.image_path}: the model returned non-finite landmarks; counted as a failure")
+                pred = None
             evaluation.results.append(FaceResult(item.face.image_path, row_of(item.face), item.gt, pred))
         bar.update(len(batch))
         batch.clear()
@@ -417,7 +472,7 @@ def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detec
         for item in _prepared_in_order(faces, box, detector, workers, prefetch=4 * batch_size):
             if item.problem is not None:
                 evaluation.skipped.append(item.problem)
-                bar.write(f"skipped {item.problem}") if progress else report(f"skipped {item.problem}")
+                say(f"skipped {item.problem}")
                 bar.update(1)
             elif item.crop is None:  # the detector missed it
                 flush()  # keep results in input order
@@ -434,21 +489,23 @@ def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detec
 
 
 def default_detector():
-    """The package's face detector as a function: RGB photo → list of (x0, y0, x1, y1) boxes."""
+    """The package's face detector as a function: RGB photo → list of (x0, y0, x1, y1[, score]) boxes,
+    already calibrated to the 68-point-box convention the crops are cut from."""
     try:
-        from . import detector as detector_module
+        from .detector import DetectorUnavailableError, default_detector as package_detector
     except ImportError as error:
         raise EvaluationError(f"--box detect needs cfdrnn_keras.detector, which cannot be imported: {error}") from None
-    if hasattr(detector_module, "default_detector"):
-        found = detector_module.default_detector()
-        return found.detect if hasattr(found, "detect") else found
-    return detector_module.detect
+    try:
+        return package_detector().detect
+    except DetectorUnavailableError as error:
+        raise EvaluationError(str(error)) from None
 
 
 def discover(roots, limit: int | None = None, on_skip: Callable[[str], None] | None = None):
     """Faces under the roots (sorted by path; the first `limit` when given) and the skipped files."""
     problems = []
-    faces = find_faces(roots, problems=problems)
+    # No header checks here: each photo is read (and checked) once, when the run crops it.
+    faces = find_faces(roots, check=False, problems=problems)
     messages = [str(problem) for problem in problems]
     if on_skip is not None:
         for message in messages:

@@ -109,6 +109,9 @@ def test_keras_models_see_pixels_in_minus_half_to_half_and_give_their_landmarks_
     assert out.shape == (2, 68, 2)
     np.testing.assert_allclose(out[0], 0.5, atol=1e-5)
     np.testing.assert_allclose(out[1], -0.5, atol=1e-5)
+    short = predict(crops[1:])  # a short last batch is padded inside and cut back
+    assert short.shape == (1, 68, 2)
+    np.testing.assert_allclose(short[0], -0.5, atol=1e-5)
 
 
 def test_crop_to_photo_inverts_the_crop_matrix():
@@ -186,20 +189,23 @@ def test_bad_files_are_skipped_with_one_line_and_counted(tmp_path, samples_dir):
     for name in ("lenna", "takeo"):
         for suffix in (".png", ".pts"):
             (tmp_path / f"{name}{suffix}").write_bytes((samples_dir / f"{name}{suffix}").read_bytes())
+    (tmp_path / "takeo.png").write_bytes(b"not an image")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     (tmp_path / "broken.pts").write_bytes((samples_dir / "lenna.pts").read_bytes())
-    (tmp_path / "short.png").write_bytes((samples_dir / "takeo.png").read_bytes())
+    (tmp_path / "short.png").write_bytes((samples_dir / "lenna.png").read_bytes())
     write_pts(tmp_path / "short.pts", np.zeros((5, 2)) + 10)
+    write_pts(tmp_path / "lonely.pts", np.zeros((68, 2)) + 10)  # no image beside it
     messages = []
     faces, problems = ev.discover([tmp_path], on_skip=messages.append)
-    assert len(faces) == 2 and len(problems) == 2
-    assert all("\n" not in message for message in messages) and len(messages) == 2
-    assert any("broken.png" in message for message in messages)
-    assert any("short.pts" in message for message in messages)
-    # A file that turns bad between discovery and reading is skipped by the run itself.
-    (tmp_path / "takeo.png").write_bytes(b"not an image")
-    result = ev.evaluate_faces(faces, PerfectHeatmapModel(faces[:1]), on_skip=messages.append)
-    assert len(result.results) == 1 and len(result.skipped) == 1 and "takeo.png" in result.skipped[0]
+    assert [Path(f.pts_path).stem for f in faces] == ["broken", "lenna", "short", "takeo"]
+    assert len(problems) == 1 and "lonely.pts" in problems[0]
+    lenna = faces[1]
+    result = ev.evaluate_faces(faces, PerfectHeatmapModel([lenna]), on_skip=messages.append)
+    assert [r.file for r in result.results] == [lenna.image_path]
+    assert len(result.skipped) == 3
+    for name, message in zip(("broken.png", "short.pts", "takeo.png"), result.skipped):
+        assert name in message
+    assert len(messages) == 4 and all("\n" not in message for message in messages)
 
 
 def test_markdown_table_puts_the_paper_beside_ours():
@@ -278,3 +284,32 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["--compare", str(tmp_path / "absent.json")]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+
+
+@pytest.mark.slow  # the TFLite conversion alone takes 10-30 s on the 2 shared cores
+def test_tflite_engine_gives_the_keras_landmarks(tiny_model_path):
+    import keras
+
+    model = keras.saving.load_model(tiny_model_path)
+    crops = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    expected = ev.as_predictor(model)(crops)
+    converted = ev.as_predictor(ev.prepare_engine(model, "tflite"))
+    np.testing.assert_allclose(converted(crops), expected, atol=1e-5)
+    np.testing.assert_allclose(converted(crops[:1]), expected[:1], atol=1e-5)  # batch size changes
+
+
+def test_non_finite_predictions_are_failures_not_crashes(samples_dir):
+    faces = find_faces([samples_dir])[:2]
+    perfect = PerfectHeatmapModel(faces)
+
+    def half_broken(crops):
+        out = perfect(crops)
+        out[1, 5] = np.nan
+        return out
+
+    messages = []
+    result = ev.evaluate_faces(faces, half_broken, on_skip=messages.append)
+    assert [r.missed for r in result.results] == [False, True]
+    assert len(messages) == 1 and "non-finite" in messages[0] and faces[1].image_path in messages[0]
+    assert result.subsets()["all"]["fr08_io"] == pytest.approx(50.0)
+    json.dumps(result.to_json(), allow_nan=False)
