@@ -188,35 +188,37 @@ def colour_matrices(saturation, hue):
     return tf.einsum("ij,bjk,kl->bil", rgb_from_yiq, chroma, yiq_from_rgb)
 
 
-def apply_colour(images, params: dict):
-    """Saturation + hue, contrast, brightness on images (B, H, W, 3) in [0, 1], clipped.
+def apply_colour(images, params: dict, *, scale: float = 1.0, low: float = 0.0):
+    """Saturation + hue, contrast, brightness on images (B, H, W, 3) holding `scale` × [0, 1]
+    values; returns them in [low, low + 1], clipped.
 
-    All three are affine in the pixel value, so they fold into ONE per-example affine map
-    x → A·x + d (A = contrast · colour matrix, d from the image mean and the brightness): one
-    pass over the pixels instead of five.
+    All of it is affine in the pixel value, so it folds into ONE per-example map x → A·x + d
+    (A = contrast · colour matrix / scale, d from the image mean, the brightness and `low`): one
+    pass over the pixels instead of five. `scale` and `low` let callers skip separate passes for
+    uint8 → [0, 1] and for the model's [-0.5, 0.5].
     """
     import tensorflow as tf
 
-    matrices = colour_matrices(params["saturation"], params["hue"])  # (B, 3, 3)
+    matrices = colour_matrices(params["saturation"], params["hue"]) / scale  # (B, 3, 3)
     contrast = params["contrast"][:, None]
     mean = tf.reduce_mean(images, axis=[1, 2])  # (B, 3); the mean of T·x is T·mean(x)
-    offset = (1.0 - contrast) * tf.einsum("bdc,bc->bd", matrices, mean) + params["brightness"][:, None]
+    offset = (1.0 - contrast) * tf.einsum("bdc,bc->bd", matrices, mean) + params["brightness"][:, None] + low
     images = tf.einsum("bhwc,bdc->bhwd", images, matrices * contrast[:, :, None]) + offset[:, None, None, :]
-    return tf.clip_by_value(images, 0.0, 1.0)
+    return tf.clip_by_value(images, low, low + 1.0)
 
 
 def apply_augmentation(images, points, params: dict, config: AugmentConfig, *, output_size: int | None = None,
-                       base_scale: float = 1.0):
+                       base_scale: float = 1.0, low: float = 0.0):
     """Apply given parameters to a batch: images (B, H, W, 3), points (B, N, 2) in input pixels.
 
-    Returns images (B, size, size, 3) float32 in [0, 1] and points (B, N, 2) float32 in output
-    pixels (mirrored examples with their points permuted).
+    Returns images (B, size, size, 3) float32 in [low, low + 1] (uint8 input is scaled by 1/255,
+    float input taken to be in [0, 1]; `low=-0.5` gives the model's range) and points (B, N, 2)
+    float32 in output pixels (mirrored examples with their points permuted).
     """
     import tensorflow as tf
 
     images = tf.convert_to_tensor(images)
-    if images.dtype == tf.uint8:
-        images = tf.cast(images, tf.float32) / 255.0
+    scale = 255.0 if images.dtype == tf.uint8 else 1.0  # applied after the warp, on fewer pixels
     images = tf.cast(images, tf.float32)
     points = tf.cast(points, tf.float32)
     shape = tf.shape(images)
@@ -233,9 +235,9 @@ def apply_augmentation(images, points, params: dict, config: AugmentConfig, *, o
         permuted = tf.gather(moved, list(config.permutation(num_points)), axis=1)
         moved = tf.where(params["mirror"][:, None, None], permuted, moved)
     if config.has_colour:
-        warped = apply_colour(warped, params)
+        warped = apply_colour(warped, params, scale=scale, low=low)
     else:
-        warped = tf.clip_by_value(warped, 0.0, 1.0)
+        warped = tf.clip_by_value(warped * (1.0 / scale) + low, low, low + 1.0)
     return warped, moved
 
 

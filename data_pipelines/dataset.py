@@ -200,8 +200,8 @@ def batches_from_crops(crops, *, config=None, training: bool, batch_size: int = 
             images, points = batch
             seed_pair = tf.stack([tf.constant(seed, tf.int64), random])
             params = sample_parameters(augment_config, seed_pair, tf.shape(images)[0])
-            images, points = apply_augmentation(images, points, params, augment_config, output_size=size)
-            return images - 0.5, encode_targets(points, config)
+            images, points = apply_augmentation(images, points, params, augment_config, output_size=size, low=-0.5)
+            return images, encode_targets(points, config)
 
         dataset = tf.data.Dataset.zip(batched, randoms).map(augment_batch, num_parallel_calls=parallel)
     else:
