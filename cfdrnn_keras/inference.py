@@ -110,23 +110,37 @@ class SavedModelBackend:
 class TFLiteBackend:
     """A `.tflite` file run by the LiteRT interpreter.
 
-    Units of the `landmarks` output: a file whose input is uint8 crops was converted from the
-    SavedModel's `serving_default` (pre-processing inside) and gives CROP PIXELS; a file with float
-    input mirrors the Keras model and gives normalised points. `landmark_units` overrides the guess.
-    Quantised (int8/uint8) inputs and outputs are (de)quantised with the file's own scale and zero point.
+    The file's `serving_default` signature is used when it has one (export/ writes it: input `image`,
+    outputs `landmarks` and `confidence`); otherwise the first input and the outputs named (or shaped)
+    like landmarks and confidence. Units of `landmarks`: a file whose input is uint8 crops has the
+    pre-processing inside, like the SavedModel's `serving_default`, and gives CROP PIXELS; a file with
+    float input mirrors the Keras model and gives normalised points. `landmark_units` overrides the
+    guess. Quantised (int8/uint8) tensors are (de)quantised with the file's own scale and zero point.
     """
+
+    SIGNATURE = "serving_default"
 
     def __init__(self, path, landmark_units: str = "auto", num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self._input = self._interpreter.get_input_details()[0]
-        outputs = self._interpreter.get_output_details()
-        self._landmarks = _pick_output(outputs, "landmarks", (NUM_LANDMARKS, 2), path)
-        try:
-            self._confidence = _pick_output(outputs, "confidence", (NUM_LANDMARKS,), path)
-        except ModelLoadError:
-            self._confidence = None
+        signature = self._interpreter.get_signature_list().get(self.SIGNATURE, {})
+        if len(signature.get("inputs", ())) == 1 and "landmarks" in signature.get("outputs", ()):
+            self._runner = self._interpreter.get_signature_runner(self.SIGNATURE)
+            self._input_name = signature["inputs"][0]
+            self._input = self._runner.get_input_details()[self._input_name]
+            outputs = self._runner.get_output_details()
+            self._landmarks = outputs["landmarks"]
+            self._confidence = outputs.get("confidence")
+        else:
+            self._runner = None
+            self._input = self._interpreter.get_input_details()[0]
+            outputs = self._interpreter.get_output_details()
+            self._landmarks = _pick_output(outputs, "landmarks", (NUM_LANDMARKS, 2), path)
+            try:
+                self._confidence = _pick_output(outputs, "confidence", (NUM_LANDMARKS,), path)
+            except ModelLoadError:
+                self._confidence = None
         self.input_size = int(self._input["shape"][1])
         uint8_crops = self._input["dtype"] == np.uint8 and not self._input["quantization"][0]
         if landmark_units == "auto":
@@ -138,22 +152,29 @@ class TFLiteBackend:
         self._batch = None
 
     def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._batch != len(crops):
-            self._interpreter.resize_tensor_input(self._input["index"], [len(crops), *crops.shape[1:]])
-            self._interpreter.allocate_tensors()
-            self._batch = len(crops)
         if self._raw_uint8:
             data = crops.astype(np.uint8)
         else:
             data = _quantise(crops.astype(np.float32) * (1.0 / 255.0) - 0.5, self._input)
-        self._interpreter.set_tensor(self._input["index"], data)
-        self._interpreter.invoke()
-        landmarks = _dequantise(self._interpreter.get_tensor(self._landmarks["index"]), self._landmarks)
-        landmarks = landmarks.reshape(len(crops), NUM_LANDMARKS, 2) / self._divisor
-        if self._confidence is None:
+        if self._runner is not None:  # the signature runner resizes its input itself
+            out = self._runner(**{self._input_name: data})
+            landmarks = out["landmarks"]
+            confidence = out.get("confidence")
+        else:
+            if self._batch != len(crops):
+                self._interpreter.resize_tensor_input(self._input["index"], [len(crops), *crops.shape[1:]])
+                self._interpreter.allocate_tensors()
+                self._batch = len(crops)
+            self._interpreter.set_tensor(self._input["index"], data)
+            self._interpreter.invoke()
+            landmarks = self._interpreter.get_tensor(self._landmarks["index"])
+            confidence = (self._interpreter.get_tensor(self._confidence["index"])
+                          if self._confidence is not None else None)
+        landmarks = _dequantise(landmarks, self._landmarks).reshape(len(crops), NUM_LANDMARKS, 2) / self._divisor
+        if confidence is None:
             confidence = np.ones(landmarks.shape[:2], np.float32)
         else:
-            confidence = _dequantise(self._interpreter.get_tensor(self._confidence["index"]), self._confidence)
+            confidence = _dequantise(confidence, self._confidence)
         return landmarks.astype(np.float32), confidence.reshape(len(crops), NUM_LANDMARKS).astype(np.float32)
 
 

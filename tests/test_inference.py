@@ -194,17 +194,25 @@ def _write_tflite(tmp_path, uint8_input: bool):
             landmarks = base[None] * mean[:, None, None]  # normalised
             return {"landmarks": landmarks, "confidence": tf.ones_like(landmarks[..., 0]) * mean[:, None]}
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], serve)
+    module = tf.Module()
+    module.serve = serve
+    saved = tmp_path / "saved_for_tflite"
+    tf.saved_model.save(module, str(saved), signatures={"serving_default": serve})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))  # as export/ does: keeps the signature
     path = tmp_path / ("uint8.tflite" if uint8_input else "float.tflite")
     path.write_bytes(converter.convert())
     return path, base
 
 
 @pytest.mark.parametrize("uint8_input", [True, False])
-def test_tflite_backend_units_and_batches(tmp_path, uint8_input):
+@pytest.mark.parametrize("use_signature", [True, False])
+def test_tflite_backend_units_and_batches(tmp_path, monkeypatch, uint8_input, use_signature):
     path, base = _write_tflite(tmp_path, uint8_input)
+    if not use_signature:  # the path for files without a serving_default signature: tensors by name/shape
+        monkeypatch.setattr(TFLiteBackend, "SIGNATURE", "no_such_signature")
     backend = load_backend(path)
     assert isinstance(backend, TFLiteBackend)
+    assert (backend._runner is not None) == use_signature
     crops = np.stack([np.full((256, 256, 3), v, np.uint8) for v in (255, 51, 102)])
     for batch in (crops, crops[:1]):  # resizing the batch works both ways
         landmarks, confidence = backend.predict_crops(batch)
