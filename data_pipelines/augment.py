@@ -261,3 +261,88 @@ def augment(image, points, config: AugmentConfig, seed, *, output_size: int | No
     if single:
         return images[0], moved[0]
     return images, moved
+
+
+# ----------------------------------------------------------------------------------------------
+# numpy twin (OpenCV warp), for keras.utils.PyDataset pipelines on backends without TensorFlow
+# ----------------------------------------------------------------------------------------------
+def sample_parameters_numpy(config: AugmentConfig, rng: np.random.Generator, batch_size: int) -> dict:
+    """`sample_parameters` with a numpy Generator: same ranges and distributions (not the same draws)."""
+    rotation = math.radians(config.rotation_degrees)
+    low, high = config.scale_range
+    size = (batch_size,)
+    return {
+        "angle": rng.uniform(-rotation, rotation, size),
+        "scale": np.exp(rng.uniform(math.log(low), math.log(high), size)),
+        "shift": rng.uniform(-config.translation, config.translation, (batch_size, 2)),
+        "mirror": rng.uniform(0.0, 1.0, size) < config.mirror_probability,
+        "brightness": rng.uniform(-config.brightness, config.brightness, size),
+        "contrast": rng.uniform(1.0 - config.contrast, 1.0 + config.contrast, size),
+        "saturation": rng.uniform(1.0 - config.saturation, 1.0 + config.saturation, size),
+        "hue": rng.uniform(-config.hue, config.hue, size),
+    }
+
+
+def augmentation_matrices_numpy(params: dict, input_height: int, input_width: int, output_size: int,
+                                base_scale: float = 1.0) -> np.ndarray:
+    """numpy twin of `augmentation_matrices` (float64)."""
+    angle = np.asarray(params["angle"], np.float64)
+    scale = np.asarray(params["scale"], np.float64) * base_scale
+    flip = np.where(params["mirror"], -1.0, 1.0)
+    cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
+    linear = np.stack([np.stack([cos * flip, -sin], -1), np.stack([sin * flip, cos], -1)], axis=1)  # (B, 2, 2)
+    centre_in = np.array([(input_width - 1) / 2.0, (input_height - 1) / 2.0])
+    centre_out = (output_size - 1) / 2.0
+    translation = centre_out + np.asarray(params["shift"], np.float64) * output_size - linear @ centre_in
+    matrices = np.zeros((len(angle), 3, 3))
+    matrices[:, :2, :2], matrices[:, :2, 2], matrices[:, 2, 2] = linear, translation, 1.0
+    return matrices
+
+
+def _colour_matrices_numpy(saturation, hue) -> np.ndarray:
+    angle = np.asarray(hue, np.float64) * (2.0 * math.pi)
+    cos, sin = np.cos(angle) * saturation, np.sin(angle) * saturation
+    chroma = np.zeros((len(angle), 3, 3))
+    chroma[:, 0, 0], chroma[:, 1, 1], chroma[:, 1, 2], chroma[:, 2, 1], chroma[:, 2, 2] = 1.0, cos, -sin, sin, cos
+    return np.einsum("ij,bjk,kl->bil", _RGB_FROM_YIQ, chroma, _YIQ_FROM_RGB)
+
+
+def apply_colour_numpy(images: np.ndarray, params: dict, *, scale: float = 1.0, low: float = 0.0) -> np.ndarray:
+    """numpy twin of `apply_colour`."""
+    matrices = _colour_matrices_numpy(params["saturation"], params["hue"]) / scale
+    contrast = np.asarray(params["contrast"], np.float64)[:, None]
+    mean = images.reshape(len(images), -1, 3).mean(axis=1, dtype=np.float64)
+    offset = (1.0 - contrast) * np.einsum("bdc,bc->bd", matrices, mean) + np.asarray(params["brightness"])[:, None] + low
+    linear = (matrices * contrast[:, :, None]).astype(np.float32)
+    out = np.einsum("bhwc,bdc->bhwd", images.astype(np.float32), linear) + offset[:, None, None, :].astype(np.float32)
+    return np.clip(out, low, low + 1.0, out=out)
+
+
+def augment_numpy(images: np.ndarray, points: np.ndarray, config: AugmentConfig, rng: np.random.Generator, *,
+                  output_size: int | None = None, base_scale: float = 1.0, low: float = 0.0):
+    """numpy/OpenCV twin of `augment` for a batch: uint8 (B, H, W, 3) + (B, N, 2) → float32 images in
+    [low, low + 1] and float32 points in output pixels. Same geometry and colour model as the graph
+    version (tests check the two against each other)."""
+    import cv2
+
+    images = np.asarray(images)
+    points = np.asarray(points, np.float64)
+    batch, height, width = images.shape[:3]
+    output_size = output_size or height
+    params = sample_parameters_numpy(config, rng, batch)
+    matrices = augmentation_matrices_numpy(params, height, width, output_size, base_scale)
+    warped = np.stack([
+        cv2.warpAffine(image, matrix[:2], (output_size, output_size), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        for image, matrix in zip(images, matrices)
+    ]).astype(np.float32)
+    moved = points @ np.transpose(matrices[:, :2, :2], (0, 2, 1)) + matrices[:, None, :2, 2]
+    if config.mirror_probability > 0:
+        permuted = moved[:, list(config.permutation(points.shape[1]))]
+        moved = np.where(params["mirror"][:, None, None], permuted, moved)
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    if config.has_colour:
+        warped = apply_colour_numpy(warped, params, scale=scale, low=low)
+    else:
+        warped = np.clip(warped / scale + low, low, low + 1.0)
+    return warped.astype(np.float32), moved.astype(np.float32)

@@ -316,3 +316,77 @@ def _streamed_crops(faces, crop_size, crop_margin, num_points, *, shuffle, seed,
         indices = indices.repeat()
     crops = indices.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE)
     return crops.filter(lambda image, points, ok: ok).map(lambda image, points, ok: (image, points))
+
+
+# ----------------------------------------------------------------------------------------------
+# numpy pipeline: a keras.utils.PyDataset for backends without TensorFlow (JAX on a GPU machine)
+# ----------------------------------------------------------------------------------------------
+def _numpy_targets(points_px: np.ndarray, config) -> dict:
+    from cfdrnn_keras.codec import encode_heatmaps_numpy
+
+    heatmaps = encode_heatmaps_numpy(points_px, config.input_size, config.stride, config.heatmap_sigma)
+    targets = {key: heatmaps for key in HEATMAP_KEYS}
+    targets["landmarks"] = (points_px / float(config.input_size)).astype(np.float32)
+    return targets
+
+
+def make_pydataset(faces, config=None, *, training: bool, batch_size: int = 8, augment_config=None,
+                   shuffle: bool | None = None, seed: int = 0, margin: float = DEFAULT_MARGIN,
+                   drop_remainder: bool | None = None, loose_factor: float = DEFAULT_LOOSE_FACTOR,
+                   workers: int = 1, use_multiprocessing: bool = False, max_queue_size: int = 10,
+                   problems: list | None = None):
+    """`make_dataset`'s batches as a `keras.utils.PyDataset` of numpy arrays (OpenCV augmentation).
+
+    Same crops, targets, value range and parameters as `make_dataset`; the augmentation follows the
+    same model with numpy random draws (`augment.augment_numpy`). Each batch's randomness is a pure
+    function of (seed, epoch, batch index), so results do not depend on how many workers run.
+    `workers` / `use_multiprocessing` / `max_queue_size` go to `PyDataset`.
+    """
+    import keras
+
+    from .augment import AugmentConfig, augment_numpy
+
+    config = _config_or_default(config)
+    size = config.input_size
+    shuffle = training if shuffle is None else shuffle
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    augment_config = (augment_config or AugmentConfig()) if training else None
+    crop_size, crop_margin = loose_geometry(size, margin, loose_factor) if training else (size, margin)
+    examples = load_examples(faces, crop_size, crop_margin, num_points=config.num_landmarks, problems=problems)
+    if len(examples) == 0:
+        raise ValueError(f"none of the {len(list(faces))} faces could be read (see the warnings above)")
+
+    class FacePyDataset(keras.utils.PyDataset):
+        """Cached crops → augmented batches; reshuffled at every epoch end."""
+
+        def __init__(self):
+            super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+            self.examples = examples
+            self.epoch = 0
+            self.order = self._order()
+
+        def _order(self):
+            count = len(self.examples)
+            if not shuffle:
+                return np.arange(count)
+            return np.random.default_rng([seed, self.epoch]).permutation(count)
+
+        def __len__(self):
+            count = len(self.examples)
+            return count // batch_size if drop_remainder else -(-count // batch_size)
+
+        def __getitem__(self, index):
+            rows = self.order[index * batch_size:(index + 1) * batch_size]
+            crops, points = self.examples.images[rows], self.examples.points[rows]
+            if augment_config is not None:
+                rng = np.random.default_rng([seed, augment_config.seed, self.epoch, index])
+                images, points = augment_numpy(crops, points, augment_config, rng, output_size=size, low=-0.5)
+            else:
+                images = crops.astype(np.float32) / 255.0 - 0.5
+            return images, _numpy_targets(points, config)
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = self._order()
+
+    return FacePyDataset()

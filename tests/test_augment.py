@@ -15,6 +15,7 @@ from data_pipelines.augment import (  # noqa: E402
     colour_matrices,
     sample_parameters,
 )
+from data_pipelines.geometry import MIRROR_PERMUTATION_68  # noqa: E402
 from tests.test_geometry import face_shape  # noqa: E402
 
 LOOSE, OUT = 192, 128  # small loose crop → output, to keep the test fast
@@ -199,3 +200,35 @@ def test_config_validation_and_round_trip():
     config = AugmentConfig(seed=4, scale_range=(0.8, 1.3))
     assert AugmentConfig.from_dict(config.to_dict()) == config
     assert not AugmentConfig.none().has_colour
+
+
+def test_numpy_twin_matches_the_graph_version():
+    from data_pipelines.augment import (
+        apply_colour_numpy,
+        augment_numpy,
+        augmentation_matrices_numpy,
+        sample_parameters_numpy,
+    )
+
+    config = AugmentConfig(mirror_probability=0.5)
+    params = sample_parameters_numpy(config, np.random.default_rng(0), 6)
+    assert params["mirror"].any() and not params["mirror"].all()
+    graph_params = {key: tf.constant(value, tf.bool if key == "mirror" else tf.float32) for key, value in params.items()}
+    np.testing.assert_allclose(augmentation_matrices_numpy(params, 96, 80, 64, 0.7),
+                               augmentation_matrices(graph_params, 96, 80, 64, 0.7).numpy(), atol=1e-4)
+    images = np.random.default_rng(1).uniform(0, 255, (6, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(apply_colour_numpy(images, params, scale=255.0, low=-0.5),
+                               apply_colour(tf.constant(images), graph_params, scale=255.0, low=-0.5).numpy(),
+                               atol=1e-5)
+    # The whole numpy augmentation moves dots with their points as the graph version does.
+    points = _face()
+    dots = (_dot_images(points) * 255).astype(np.uint8)
+    geometry_only = AugmentConfig.none(rotation_degrees=20, scale_range=(0.85, 1.15), translation=0.04,
+                                       mirror_probability=1.0)
+    warped, moved = augment_numpy(dots, np.repeat(points[None], 68, axis=0), geometry_only,
+                                  np.random.default_rng(5), output_size=OUT, base_scale=OUT / LOOSE)
+    # One draw per example here, so compare each dot image with its own transformed points.
+    perm = list(MIRROR_PERMUTATION_68)
+    found = _centroids(warped)
+    expected = np.array([moved[i, perm[i]] for i in range(68)])
+    assert np.abs(found - expected).max() < 0.5

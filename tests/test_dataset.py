@@ -153,3 +153,44 @@ def test_real_faces_train_and_evaluate(shared_data):
     _, plain = _first(make_dataset(faces, training=False, batch_size=4))
     extent = plain["landmarks"].max(axis=1) - plain["landmarks"].min(axis=1)
     np.testing.assert_allclose(extent.max(axis=1), 1 / 1.25, atol=1e-5)  # longer box side = crop / margin
+
+
+def test_numpy_pydataset_gives_the_same_batches_shape_and_plain_crops(faces):
+    from data_pipelines.dataset import make_pydataset
+
+    evaluation = make_pydataset(faces, training=False, batch_size=4)
+    assert len(evaluation) == 2
+    images, targets = evaluation[1]
+    graph_images, graph_targets = list(make_dataset(faces, training=False, batch_size=4))[1]
+    np.testing.assert_array_equal(images, graph_images.numpy())
+    np.testing.assert_allclose(targets["heatmaps_2"], graph_targets["heatmaps_2"].numpy(), atol=1e-6)
+
+    training = make_pydataset(faces, training=True, batch_size=2, seed=3)
+    assert len(training) == 3
+    first = training[0]
+    np.testing.assert_array_equal(first[0], training[0][0])  # a pure function of (seed, epoch, index)
+    assert first[0].shape == (2, 256, 256, 3) and first[0].dtype == np.float32
+    assert first[0].min() >= -0.5 and first[0].max() <= 0.5
+    coarse, _ = heatmap_peaks_numpy(first[1]["heatmaps_1"])
+    inside = (first[1]["landmarks"] > 0.01).all(-1) & (first[1]["landmarks"] < 0.98).all(-1)
+    assert np.abs(coarse - first[1]["landmarks"])[inside].max() <= 2.0 / 256 + 1e-6
+    training.on_epoch_end()
+    assert not np.array_equal(first[1]["landmarks"], training[0][1]["landmarks"])
+
+
+def test_benchmark_tool_writes_its_report(faces, tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "benchmark_pipeline.py"
+    spec = importlib.util.spec_from_file_location("benchmark_pipeline", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    folder = str(Path(faces[0].pts_path).parent)
+    out = tmp_path / "bench.json"
+    assert tool.main(["--data", folder, "--json", str(out), "--batch-size", "2", "--steps", "2", "--runs", "2",
+                      "--warmup", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert report["faces"] == 6 and len(report["examples_per_second_runs"]) == 2
+    assert report["examples_per_second_median"] > 0 and "examples/s, median" in capsys.readouterr().out
