@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from data_pipelines.pts import PtsFormatError, read_pts
 
 from . import metrics
 
-INPUT_SIZE = 256
+DEFAULT_INPUT_SIZE = 256
 CROP_MARGIN = 1.25
 MISSED_FACE_ERROR = 1.0
 DETECTION_MIN_IOU = 0.3
@@ -82,16 +83,17 @@ def keras_predictor(model) -> Predictor:
 
 
 def as_predictor(model) -> Predictor:
-    """A Keras model or any `predict(uint8 crops)` callable → a function giving (B, 68, 2) numpy."""
-    try:
-        import keras
+    """A Keras model, an object with `predict_crops` (a LandmarkDetector or one of its backends: .keras,
+    SavedModel, .tflite) or any `predict(uint8 crops)` callable → a function giving (B, 68, 2) numpy."""
+    import keras
 
-        if isinstance(model, keras.Model):
-            return keras_predictor(model)
-    except ImportError:  # pragma: no cover - keras is a dependency
-        pass
+    if isinstance(model, keras.Model):
+        return keras_predictor(model)
+    if hasattr(model, "predict_crops"):
+        return lambda crops: np.asarray(model.predict_crops(crops)[0])
     if not callable(model):
-        raise EvaluationError(f"cannot evaluate {type(model).__name__}: pass a Keras model or a callable")
+        raise EvaluationError(f"cannot evaluate a {type(model).__name__}: pass a Keras model, an object with "
+                              "predict_crops, or a callable")
 
     def predict(crops: np.ndarray) -> np.ndarray:
         result = model(crops)
@@ -102,52 +104,21 @@ def as_predictor(model) -> Predictor:
     return predict
 
 
-def tflite_predictor(path=None, *, content: bytes | None = None, num_threads: int | None = None) -> Predictor:
-    """uint8 crops → normalised landmarks through a TFLite model (a file or bytes) run by LiteRT.
+def input_size_of(model) -> int:
+    """The crop side a model wants (256 for every CFDRNN preset; read from the model where it says)."""
+    import keras
 
-    The input may be uint8 (pre-processing inside the model) or float ([-0.5, 0.5], as the Keras
-    model); the landmarks output is the one named like "landmarks", else the only (B, 68, 2) output.
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    if content is not None:
-        interpreter = Interpreter(model_content=content, num_threads=num_threads)
-        path = "<converted model>"
-    else:
-        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-    input_detail = interpreter.get_input_details()[0]
-    outputs = interpreter.get_output_details()
-    named = [o for o in outputs if "landmarks" in o["name"]]
-    shaped = [o for o in outputs if tuple(o["shape"][1:]) == (metrics.NUM_LANDMARKS, 2)]
-    if named:
-        output_index = named[0]["index"]
-    elif len(shaped) == 1:
-        output_index = shaped[0]["index"]
-    else:
-        raise EvaluationError(f"{path}: cannot tell which TFLite output holds the landmarks")
-    state = {"batch": None}
-
-    def predict(crops: np.ndarray) -> np.ndarray:
-        if state["batch"] != len(crops):
-            interpreter.resize_tensor_input(input_detail["index"], [len(crops), *crops.shape[1:]])
-            interpreter.allocate_tensors()
-            state["batch"] = len(crops)
-        if input_detail["dtype"] == np.uint8:
-            images = crops.astype(np.uint8)
-        else:
-            images = (crops.astype(np.float32) * (1.0 / 255.0) - 0.5).astype(input_detail["dtype"])
-        interpreter.set_tensor(input_detail["index"], images)
-        interpreter.invoke()
-        return np.array(interpreter.get_tensor(output_index), dtype=np.float32)
-
-    return predict
+    if isinstance(model, keras.Model):
+        size = model.inputs[0].shape[1]
+        return int(size) if size else DEFAULT_INPUT_SIZE
+    return int(getattr(model, "input_size", DEFAULT_INPUT_SIZE))
 
 
 def keras_to_tflite(model) -> bytes:
-    """The Keras model's landmarks output as an in-memory fp32 TFLite model.
+    """The Keras model's landmarks output as an fp32 TFLite model (bytes).
 
     Why: LiteRT's XNNPACK kernels run the CFDRNN graph on this project's CPUs with about half the
-    CPU time of TensorFlow (docs/EVALUATION.md), with landmarks equal to ~1e-7.
+    CPU time of TensorFlow (docs/EVALUATION.md), with the same landmarks to ~1e-7.
     """
     import keras
     import tensorflow as tf
@@ -163,65 +134,58 @@ ENGINES = ("keras", "tflite")
 
 
 def prepare_engine(model, engine: str = "keras", num_threads: int | None = None):
-    """The model as it will run: unchanged for "keras", converted to a LiteRT predictor for "tflite"."""
+    """The model as it will run: unchanged for "keras"; for "tflite" a Keras model is converted and
+    run by LiteRT (`inference.TFLiteBackend`), anything else is left as it is."""
+    import keras
+
     if engine not in ENGINES:
         raise EvaluationError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "keras":
+    if engine == "keras" or not isinstance(model, keras.Model):
         return model
-    try:
-        import keras
+    from .inference import TFLiteBackend
 
-        is_keras = isinstance(model, keras.Model)
-    except ImportError:  # pragma: no cover
-        is_keras = False
-    if not is_keras:
-        return model  # already a predictor (a .tflite file, say)
-    return tflite_predictor(content=keras_to_tflite(model), num_threads=num_threads)
+    folder = tempfile.TemporaryDirectory(prefix="cfdrnn_eval_")
+    path = Path(folder.name) / "converted.tflite"
+    path.write_bytes(keras_to_tflite(model))
+    backend = TFLiteBackend(path, landmark_units="normalised", num_threads=num_threads)
+    backend.converted_from = folder  # the file lives as long as the backend
+    return backend
 
 
 def packaged_model_path() -> Path | None:
     """The trained model that ships inside the package, or None while none does."""
-    try:
-        from .inference import default_model_path
-    except ImportError:
-        default_model_path = None
-    if default_model_path is not None:
-        try:
-            found = default_model_path()
-        except (FileNotFoundError, OSError, ValueError):
-            found = None
-        if found is not None and Path(found).exists():
-            return Path(found)
-    assets = Path(__file__).resolve().parent / "assets"
-    candidates = sorted(assets.glob("*.keras")) if assets.is_dir() else []
-    return candidates[0] if candidates else None
+    from .inference import default_model_path
+
+    path = Path(default_model_path())
+    return path if path.exists() else None
 
 
 def load_model(path=None):
-    """(model or predictor, name) for a .keras or .tflite path, or the packaged model when path is None."""
+    """(model, name) for a .keras file (a keras.Model), a SavedModel folder or a .tflite file (an
+    inference backend), or the packaged model when path is None. Problems: one-line EvaluationError."""
+    from .inference import ModelLoadError, load_backend
+
     if path is None:
         path = packaged_model_path()
         if path is None:
-            raise EvaluationError("no trained model ships with cfdrnn-keras yet: pass --model PATH (.keras or .tflite)")
+            raise EvaluationError("no trained model ships with cfdrnn-keras yet: pass --model PATH "
+                                  "(a .keras file, a SavedModel folder or a .tflite file)")
     path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"{path}: model file not found")
-    suffix = path.suffix.lower()
+    if not path.exists():
+        raise EvaluationError(f"{path}: model not found")
     try:
-        if suffix == ".keras":
+        if path.suffix.lower() == ".keras" and path.is_file():
             import keras
 
-            from . import network  # noqa: F401  (registers the custom layers)
+            from . import network  # noqa: F401  (registers the custom layers for safe loading)
 
             return keras.saving.load_model(str(path), safe_mode=True), str(path)
-        if suffix == ".tflite":
-            return tflite_predictor(path), str(path)
-    except EvaluationError:
-        raise
+        return load_backend(path), str(path)
+    except ModelLoadError as error:
+        raise EvaluationError(str(error)) from None
     except Exception as error:  # a corrupt or foreign file: one line, not a traceback
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise EvaluationError(f"{path}: cannot load the model: {message}") from None
-    raise EvaluationError(f"{path}: unknown model format {suffix or '(no extension)'}; use .keras or .tflite")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,7 +351,7 @@ class _Prepared:
     problem: str | None = None
 
 
-def _prepare(face: Face, box: str, detector) -> _Prepared:
+def _prepare(face: Face, box: str, detector, input_size: int) -> _Prepared:
     """Read one face and cut its crop (runs in worker threads: OpenCV releases the GIL)."""
     try:
         gt = read_pts(face.pts_path).astype(np.float64)
@@ -403,27 +367,27 @@ def _prepare(face: Face, box: str, detector) -> _Prepared:
             return _Prepared(face, gt=gt)
         gt_box = found
     try:
-        matrix = crop_matrix(gt_box, INPUT_SIZE, CROP_MARGIN)
+        matrix = crop_matrix(gt_box, input_size, CROP_MARGIN)
     except ValueError as error:
         return _Prepared(face, problem=f"{face.pts_path}: {error}")
-    return _Prepared(face, gt=gt, crop=warp_to_crop(image, matrix, INPUT_SIZE), matrix=matrix)
+    return _Prepared(face, gt=gt, crop=warp_to_crop(image, matrix, input_size), matrix=matrix)
 
 
-def _prepared_in_order(faces, box, detector, workers: int, prefetch: int):
+def _prepared_in_order(faces, box, detector, input_size: int, workers: int, prefetch: int):
     """Prepared faces in input order, at most `prefetch` in flight (memory stays bounded)."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = deque()
         for face in faces:
-            pending.append(pool.submit(_prepare, face, box, detector))
+            pending.append(pool.submit(_prepare, face, box, detector, input_size))
             if len(pending) >= prefetch:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def crop_to_photo(landmarks_normalised, matrices) -> np.ndarray:
+def crop_to_photo(landmarks_normalised, matrices, input_size: int = DEFAULT_INPUT_SIZE) -> np.ndarray:
     """Normalised crop coordinates (B, 68, 2) → photo pixels, through each crop matrix's inverse."""
-    points = np.asarray(landmarks_normalised, dtype=np.float64) * INPUT_SIZE
+    points = np.asarray(landmarks_normalised, dtype=np.float64) * input_size
     return np.stack([transform_points(invert(matrix), crop_points) for matrix, crop_points in zip(matrices, points)])
 
 
@@ -438,6 +402,7 @@ def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detec
     if box == "detect" and detector is None:
         detector = default_detector()
     predict = as_predictor(model)
+    input_size = input_size_of(model)
     name = model_name if model_name is not None else getattr(model, "name", type(model).__name__)
     evaluation = Evaluation(model=str(name), box=box)
     report = on_skip or (lambda message: print(message, file=sys.stderr))
@@ -459,7 +424,7 @@ def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detec
         if landmarks.shape != (len(batch), metrics.NUM_LANDMARKS, 2):
             raise EvaluationError(f"the model returned landmarks of shape {landmarks.shape}, "
                                   f"expected ({len(batch)}, {metrics.NUM_LANDMARKS}, 2)")
-        points = crop_to_photo(landmarks, [item.matrix for item in batch])
+        points = crop_to_photo(landmarks, [item.matrix for item in batch], input_size)
         for item, pred in zip(batch, points):
             if not np.all(np.isfinite(pred)):
                 say(f"{item.face.image_path}: the model returned non-finite landmarks; counted as a failure")
@@ -469,7 +434,7 @@ def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detec
         batch.clear()
 
     try:
-        for item in _prepared_in_order(faces, box, detector, workers, prefetch=4 * batch_size):
+        for item in _prepared_in_order(faces, box, detector, input_size, workers, prefetch=4 * batch_size):
             if item.problem is not None:
                 evaluation.skipped.append(item.problem)
                 say(f"skipped {item.problem}")
@@ -547,7 +512,8 @@ def report_members(report: dict) -> dict[str, np.ndarray]:
 
 
 __all__ = [
-    "BOX_MODES", "DETECTION_MIN_IOU", "MISSED_FACE_ERROR", "Evaluation", "EvaluationError", "FaceResult",
-    "as_predictor", "best_detection", "box_iou", "crop_to_photo", "discover", "evaluate", "evaluate_faces",
-    "keras_predictor", "load_report", "report_members", "row_of", "subset_members", "SPLITS",
+    "BOX_MODES", "DETECTION_MIN_IOU", "ENGINES", "MISSED_FACE_ERROR", "PAPER_CFDRNN", "Evaluation", "EvaluationError",
+    "FaceResult", "as_predictor", "best_detection", "box_iou", "crop_to_photo", "discover", "evaluate",
+    "evaluate_faces", "keras_predictor", "keras_to_tflite", "load_model", "load_report", "markdown_table",
+    "prepare_engine", "report_members", "row_of", "subset_members",
 ]

@@ -313,3 +313,17 @@ def test_non_finite_predictions_are_failures_not_crashes(samples_dir):
     assert len(messages) == 1 and "non-finite" in messages[0] and faces[1].image_path in messages[0]
     assert result.subsets()["all"]["fr08_io"] == pytest.approx(50.0)
     json.dumps(result.to_json(), allow_nan=False)
+
+
+def test_landmark_detector_backends_are_evaluated_like_the_keras_model(tiny_model_path, samples_dir):
+    import keras
+
+    from cfdrnn_keras.inference import LandmarkDetector
+
+    faces = find_faces([samples_dir])[:3]
+    model = keras.saving.load_model(tiny_model_path)
+    direct = ev.evaluate_faces(faces, model, batch_size=2)
+    detector = LandmarkDetector(model=model, batch_size=2)
+    through_detector = ev.evaluate_faces(faces, detector, batch_size=2)
+    for a, b in zip(direct.results, through_detector.results):
+        np.testing.assert_allclose(a.pred, b.pred, atol=1e-3)
