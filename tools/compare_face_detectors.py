@@ -118,8 +118,10 @@ def shrunk(rgb, points, face_width=48):
     return canvas, points * k + [ox, oy]
 
 
-def variants(samples):
+def variants(samples, upright_only=False):
     yield "upright", [(name, rgb, pts) for name, rgb, pts in samples]
+    if upright_only:
+        return
     for degrees in (30, -30):
         yield f"turned {degrees:+d}°", [(name, *rotated(rgb, pts, degrees)) for name, rgb, pts in samples]
     yield "48-px faces", [(name, *shrunk(rgb, pts)) for name, rgb, pts in samples]
@@ -146,7 +148,7 @@ def best_ms(detect, rgb, repeats):
     return min(times)
 
 
-def compare(samples, repeats, names):
+def compare(samples, repeats, names, upright_only=False):
     by_name = {name: rgb for name, rgb, _ in samples}
     photo_512 = by_name.get("lenna", cv2.resize(samples[0][1], (512, 512)))
     photo_1080 = cv2.resize(by_name.get("breakingbad", samples[0][1]), (1920, 1080))
@@ -158,7 +160,7 @@ def compare(samples, repeats, names):
             print(f"{name}: skipped ({error})", flush=True)
             continue
         row = {"detector": name}
-        for label, images in variants(samples):
+        for label, images in variants(samples, upright_only):
             found, missed = count_found(detect, images)
             row[label] = found
             if label == "upright":
@@ -175,7 +177,8 @@ def markdown(rows, total):
     lines = ["| detector | " + " | ".join(f"{label} /{total}" for label in labels) + " | ms 512² | ms 1080p |",
              "|---" * (len(labels) + 3) + "|"]
     for row in rows:
-        cells = [row["detector"], *(str(row[label]) for label in labels), str(row["ms_512"]), str(row["ms_1080p"])]
+        cells = [row["detector"], *(str(row.get(label, "–")) for label in labels), str(row["ms_512"]),
+                 str(row["ms_1080p"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -226,6 +229,9 @@ def main(argv=None):
                         help="comma-separated candidates to compare (default: all; missing ones are skipped)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per photo, the best is kept (default 5)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON (default: none)")
+    parser.add_argument("--upright-only", action="store_true",
+                        help="only the photos as they are, no turned or shrunk copies (for slow detectors) "
+                             "(default: all variants)")
     parser.add_argument("--calibrate", action="store_true",
                         help="fit the default detector's box calibration instead of comparing (default: off)")
     parser.add_argument("--limit", type=int, default=0, help="calibrate on the first N faces only (default 0: all)")
@@ -242,7 +248,7 @@ def main(argv=None):
         if unknown:
             print(f"error: unknown detector(s) {unknown}; choose from {list(CANDIDATES)}", file=sys.stderr)
             return 2
-        rows = compare(samples, args.repeats, names)
+        rows = compare(samples, args.repeats, names, args.upright_only)
         print(markdown(rows, len(samples)))
         result = {"samples": len(samples), "rows": rows}
     if args.json:
