@@ -22,10 +22,25 @@ FILE_NAMES = {SAVED_MODEL: "saved_model", **{fmt: f"cfdrnn_{fmt[len('tflite_'):]
 
 
 def default_model_path() -> Path:
-    """The packaged trained model (it may not exist yet in a development checkout)."""
-    import cfdrnn_keras
+    """The packaged trained model (it may not exist yet in a development checkout).
 
-    return Path(cfdrnn_keras.__file__).resolve().parent / "assets" / "cfdrnn_lite.keras"
+    Located without importing `cfdrnn_keras`, so `--help` does not start TensorFlow.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("cfdrnn_keras")
+    package = Path(spec.origin).parent if spec and spec.origin else Path(__file__).resolve().parents[1] / "cfdrnn_keras"
+    return package / "assets" / "cfdrnn_lite.keras"
+
+
+def default_calibration_root() -> Path | None:
+    """`$CFDRNN_DATA/300w`, else `../shared/data/300w` beside the checkout, if present."""
+    import os
+
+    env = os.environ.get("CFDRNN_DATA")
+    base = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    root = base / "300w"
+    return root if root.is_dir() else None
 
 
 def parse_formats(text: str) -> list[str]:
@@ -49,12 +64,21 @@ def point_difference(reference, other) -> dict:
     return {"mean_px": float(distance.mean()), "max_px": float(distance.max())}
 
 
+def inter_ocular_nme_percent(points, ground_truth) -> float:
+    """Mean inter-ocular NME (%, 300-W) of predictions against ground truth, both [N, 68, 2]."""
+    from cfdrnn_keras.metrics import mean_nme, nme
+
+    return 100.0 * float(mean_nme(nme(points, ground_truth, "inter_ocular")))
+
+
 def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, comparison_crops=None,
-                 log=print, model_source: str = "") -> dict:
+                 comparison_points=None, log=print, model_source: str = "") -> dict:
     """Write each format into `out_dir`, compare each with the Keras model, write `manifest.json`.
 
     `calibration_crops` (uint8 [K, S, S, 3] real faces) is needed by `tflite_int8_full`;
-    `comparison_crops` are the crops on which every export is compared with the Keras model.
+    `comparison_crops` are the crops on which every export is compared with the Keras model, and
+    `comparison_points` their ground truth in crop pixels (then each entry also gets its
+    inter-ocular NME and its cost against the Keras model's, in points of %).
     A format that fails is recorded with its one-line error and the others go on.
     Returns the manifest (a dict); `manifest["failed"]` lists the failed formats.
     """
@@ -86,6 +110,9 @@ def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, com
         "exports": {},
         "failed": [],
     }
+    has_truth = comparison_points is not None and len(comparison_points) == len(comparison_crops)
+    if has_truth:
+        manifest["keras_nme_percent"] = inter_ocular_nme_percent(reference, comparison_points)
     with tempfile.TemporaryDirectory() as tmp:
         crops_saved_model = None
         for fmt in formats:
@@ -121,6 +148,9 @@ def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, com
                 seconds=round(time.perf_counter() - started, 1),
                 **point_difference(reference, points),
             )
+            if has_truth:
+                entry["nme_percent"] = inter_ocular_nme_percent(points, comparison_points)
+                entry["nme_cost_points"] = entry["nme_percent"] - manifest["keras_nme_percent"]
             manifest["exports"][fmt] = entry
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -128,17 +158,20 @@ def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, com
 
 def manifest_table(manifest: dict) -> str:
     """The manifest as a Markdown table: size and difference from the Keras model per format."""
+    truth = "keras_nme_percent" in manifest
     lines = [
-        f"Difference from the Keras model on {manifest['comparison']} (landmarks, crop pixels of {manifest['crop_size']}):",
+        f"Difference from the Keras model on {manifest['comparison']} (landmarks, crop pixels of {manifest['crop_size']})"
+        + (f"; Keras model's inter-ocular NME there: {manifest['keras_nme_percent']:.2f} %" if truth else "") + ":",
         "",
-        "| format | file | size (MB) | mean diff (px) | max diff (px) |",
-        "|---|---|---:|---:|---:|",
+        "| format | file | size (MB) | mean diff (px) | max diff (px) |" + (" NME (%) | NME cost (points) |" if truth else ""),
+        "|---|---|---:|---:|---:|" + ("---:|---:|" if truth else ""),
     ]
     for fmt, entry in manifest["exports"].items():
         if "error" in entry:
-            lines.append(f"| {fmt} | failed: {entry['error']} | | | |")
-        else:
-            lines.append(
-                f"| {fmt} | {entry['path']} | {entry['size_bytes'] / 1e6:.2f} | {entry['mean_px']:.4f} | {entry['max_px']:.4f} |"
-            )
+            lines.append(f"| {fmt} | failed: {entry['error']} | | | |" + (" | |" if truth else ""))
+            continue
+        line = f"| {fmt} | {entry['path']} | {entry['size_bytes'] / 1e6:.2f} | {entry['mean_px']:.4f} | {entry['max_px']:.4f} |"
+        if truth:
+            line += f" {entry['nme_percent']:.2f} | {entry['nme_cost_points']:+.2f} |"
+        lines.append(line)
     return "\n".join(lines)
