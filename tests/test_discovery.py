@@ -168,5 +168,4 @@ def test_real_shared_folders_hold_2014_faces(shared_data):
     assert report.counts == {"afw": 337, "lfpw/trainset": 805, "helen/trainset": 872}
     assert report.missing == [] and report.problems == []
     assert "train: 2014 faces" in report.summary()
-    assert len(find_faces(shared_data / "300w")) == 2014
-    assert load_split("common", shared_data / "300w").missing == ["lfpw/testset", "helen/testset"]
+    assert load_split("common", shared_data / "300w", check=False).missing == ["lfpw/testset", "helen/testset"]
