@@ -106,8 +106,7 @@ def load_examples(faces, output_size: int = 256, margin: float = DEFAULT_MARGIN,
             if num_points is not None and len(cropped.points) != num_points:
                 raise PtsFormatError(face.pts_path, f"has {len(cropped.points)} points, expected {num_points}")
         except (ImageReadError, PtsFormatError) as error:
-            message = error.problem if getattr(error, "line", None) is None else f"line {error.line}: {error.problem}"
-            results[index] = Problem(error.path, message)
+            results[index] = Problem.from_error(error)
             return
         images[index] = cropped.image
         matrices[index] = cropped.matrix
@@ -250,7 +249,10 @@ def make_dataset(faces, config=None, *, training: bool, batch_size: int = 8, aug
     config = _config_or_default(config)
     size = config.input_size
     faces = list(faces)
+    if not faces:
+        raise ValueError("make_dataset: no faces given")
     shuffle = training if shuffle is None else shuffle
+    drop_remainder = training if drop_remainder is None else drop_remainder
     crop_size, crop_margin = loose_geometry(size, margin, loose_factor) if training else (size, margin)
 
     if cache:
@@ -258,6 +260,9 @@ def make_dataset(faces, config=None, *, training: bool, batch_size: int = 8, aug
                                  problems=problems)
         if len(examples) == 0:
             raise ValueError(f"none of the {len(faces)} faces could be read (see the warnings above)")
+        if drop_remainder and not repeat and len(examples) < batch_size:
+            raise ValueError(f"{len(examples)} readable faces cannot fill one batch of {batch_size} "
+                             "(drop_remainder=True): lower the batch size or pass repeat=True")
         table = _stack_to_tensor(examples)
         if not tf.distribute.has_strategy():
             # A variable is a resource: graph rewrites (auto-sharding across workers) refer to it
@@ -296,7 +301,7 @@ def _streamed_crops(faces, crop_size, crop_margin, num_points, *, shuffle, seed,
         except (ImageReadError, PtsFormatError) as error:
             if face.pts_path not in reported:  # report once, not every epoch
                 reported.add(face.pts_path)
-                problem = Problem(error.path, error.problem)
+                problem = Problem.from_error(error)
                 log.warning("skipped %s", problem)
                 if problems is not None:
                     problems.append(problem)

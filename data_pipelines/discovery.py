@@ -82,6 +82,12 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
 
+    @classmethod
+    def from_error(cls, error) -> "Problem":
+        """From an `ImageReadError` or `PtsFormatError` (keeping the .pts line number)."""
+        line = getattr(error, "line", None)
+        return cls(error.path, error.problem if line is None else f"line {line}: {error.problem}")
+
 
 def part_of(directory, root) -> str:
     """The 300-W part of a folder found under `root`, else the folder's own name."""
@@ -153,11 +159,9 @@ def find_faces(roots, *, check: bool = True, num_points: int | None = 68,
                     if num_points is not None and len(points) != num_points:
                         raise PtsFormatError(pts_path, f"has {len(points)} points, expected {num_points}")
                     check_image_file(image_path, max_pixels=max_pixels)
-                except PtsFormatError as error:
-                    skip(error.path, error.problem if error.line is None else f"line {error.line}: {error.problem}")
-                    continue
-                except ImageReadError as error:
-                    skip(error.path, error.problem)
+                except (PtsFormatError, ImageReadError) as error:
+                    problem = Problem.from_error(error)
+                    skip(problem.path, problem.message)
                     continue
             found[key] = Face(str(image_path), str(pts_path), part_of(directory, base))
     return sorted(found.values(), key=lambda face: face.pts_path)

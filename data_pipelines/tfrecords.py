@@ -115,8 +115,7 @@ def write_tfrecords(faces, out_dir, *, shards: int = 8, output_size: int = 256, 
                 raise PtsFormatError(face.pts_path, f"has {len(cropped.points)} points, expected {num_points}")
             return _example(face, cropped.image, cropped.points, cropped.matrix, encoding)
         except (ImageReadError, PtsFormatError) as error:
-            message = error.problem if getattr(error, "line", None) is None else f"line {error.line}: {error.problem}"
-            return Problem(error.path, message)
+            return Problem.from_error(error)
 
     try:
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:

@@ -194,3 +194,11 @@ def test_benchmark_tool_writes_its_report(faces, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["faces"] == 6 and len(report["examples_per_second_runs"]) == 2
     assert report["examples_per_second_median"] > 0 and "examples/s, median" in capsys.readouterr().out
+
+
+def test_too_few_faces_for_a_full_batch_is_a_clear_error(faces):
+    with pytest.raises(ValueError, match="cannot fill one batch of 8"):
+        make_dataset(faces[:3], training=True, batch_size=8)
+    assert sum(1 for _ in make_dataset(faces[:3], training=True, batch_size=8, repeat=True).take(2)) == 2
+    with pytest.raises(ValueError, match="no faces"):
+        make_dataset([], training=False)
