@@ -89,7 +89,7 @@ class BoxCalibration:
 # Fitted by `python tools/compare_face_detectors.py --calibrate` on the 2014 shared 300-W faces and the
 # 15 sample photos (docs/INFERENCE.md): BlazeFace's box sits a little high and is taller than the
 # 68-point box (which starts at the brows, not the forehead).
-BLAZEFACE_CALIBRATION = BoxCalibration(dx=0.0049, dy=0.0987, sx=0.9041, sy=0.8877)
+BLAZEFACE_CALIBRATION = BoxCalibration(dx=0.0049, dy=0.099, sx=0.9049, sy=0.8887)
 
 
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[tuple]:
@@ -113,7 +113,7 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) ->
 
 
 class BlazeFace:
-    """The raw BlazeFace full-range model: one square RGB window → boxes in that window's pixels."""
+    """The raw BlazeFace full-range model: one square window of a photo → boxes in the photo's pixels."""
 
     INPUT_SIZE = 192
     GRID = 48  # one anchor per cell of a 48×48 grid (stride 4), fixed anchor size 1
@@ -138,26 +138,40 @@ class BlazeFace:
         self._anchors = np.stack([(xs.ravel() + 0.5) / self.GRID, (ys.ravel() + 0.5) / self.GRID], axis=1)
         self._lock = threading.Lock()  # one interpreter, callers in several threads (evaluation does that)
 
-    def __call__(self, window_rgb: np.ndarray, score_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        """(boxes (K, 4) in window pixels, scores (K,)) for one square uint8 window, before suppression."""
+    def __call__(self, image_rgb: np.ndarray, x0: int, y0: int, side: int,
+                 score_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (K, 4) in PHOTO pixels and scores (K,), before suppression, for the square window
+        of `side` px at (x0, y0) (it may reach past the photo: that part is black, as in a letterbox)."""
         import cv2
 
-        side = window_rgb.shape[0]
         size = self.INPUT_SIZE
-        interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-        x = cv2.resize(window_rgb, (size, size), interpolation=interpolation).astype(np.float32)
-        x = x * (1.0 / 127.5) - 1.0
+        height, width = image_rgb.shape[:2]
+        # Only the part of the window inside the photo is resized, then pasted into the black input:
+        # no side×side array for a letterboxed 10000×10 photo.
+        sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(width, x0 + side), min(height, y0 + side)
+        k = size / side
+        px, py = int(round((sx0 - x0) * k)), int(round((sy0 - y0) * k))
+        w2 = min(size - px, max(1, int(round((sx1 - sx0) * k))))
+        h2 = min(size - py, max(1, int(round((sy1 - sy0) * k))))
+        region = image_rgb[sy0:sy1, sx0:sx1]
+        interpolation = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
+        model_input = np.zeros((size, size, 3), np.float32)
+        model_input[py:py + h2, px:px + w2] = cv2.resize(region, (w2, h2), interpolation=interpolation)
+        model_input = model_input * (1.0 / 127.5) - 1.0
         with self._lock:
-            self._interpreter.set_tensor(self._input["index"], x[None])
+            self._interpreter.set_tensor(self._input["index"], model_input[None])
             self._interpreter.invoke()
             raw = self._interpreter.get_tensor(self._regressors)[0].astype(np.float64)
             logits = self._interpreter.get_tensor(self._classifiers)[0, :, 0].astype(np.float64)
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -100.0, 100.0)))
         keep = np.flatnonzero(scores >= score_threshold)
-        centre = raw[keep, :2] / size + self._anchors[keep]
-        half = raw[keep, 2:4] / size / 2
-        # Model pixels are resized window pixels: window coordinate = normalised · side - 0.5 (pixel centres).
-        boxes = np.concatenate([centre - half, centre + half], axis=1) * side - 0.5
+        centre = (raw[keep, :2] / size + self._anchors[keep]) * size  # model-input pixel edges
+        half = raw[keep, 2:4] / 2
+        edges = np.concatenate([centre - half, centre + half], axis=1)
+        # Model edge coordinate e ↔ photo edge coordinate (e - paste offset)·(region / resized) + region
+        # start; photo pixel centres are edges - 0.5 (the project's convention).
+        fx, fy = (sx1 - sx0) / w2, (sy1 - sy0) / h2
+        boxes = (edges - [px, py, px, py]) * [fx, fy, fx, fy] + [sx0, sy0, sx0, sy0] - 0.5
         return boxes, scores[keep]
 
 
@@ -191,12 +205,11 @@ class FaceDetector:
         height, width = image.shape[:2]
         all_boxes, all_scores = [], []
         for x0, y0, side, is_tile in self._windows(width, height):
-            window = _square_window(image, x0, y0, side)
-            boxes, scores = self._model(window, self.score_threshold)
+            boxes, scores = self._model(image, x0, y0, side, self.score_threshold)
             if is_tile and len(boxes):
-                keep = _inside_tile(boxes, x0, y0, side, width, height)
+                keep = _inside_tile(boxes - [x0, y0, x0, y0], x0, y0, side, width, height)
                 boxes, scores = boxes[keep], scores[keep]
-            all_boxes.append(boxes + [x0, y0, x0, y0])
+            all_boxes.append(boxes)
             all_scores.append(scores)
         boxes = np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4))
         scores = np.concatenate(all_scores) if all_scores else np.zeros((0,))
@@ -221,15 +234,6 @@ def _tile_starts(length: int, side: int) -> list[int]:
         return [(length - side) // 2]
     count = math.ceil((length - side) / (side / 2)) + 1
     return [int(round(v)) for v in np.linspace(0, length - side, count)]
-
-
-def _square_window(image: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
-    """The side×side window at (x0, y0), black where it leaves the photo."""
-    height, width = image.shape[:2]
-    window = np.zeros((side, side, 3), dtype=np.uint8)
-    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(width, x0 + side), min(height, y0 + side)
-    window[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    return window
 
 
 def _inside_tile(boxes: np.ndarray, x0: int, y0: int, side: int, width: int, height: int) -> np.ndarray:

@@ -187,5 +187,15 @@ class FaceTracker:
         return results
 
 
-__all__ = ["FaceTracker", "OneEuroFilter", "VIDEO_EXTENSIONS", "VideoInfo", "VideoReadError", "alpha_from_cutoff",
+def landmarks_in_video(path, detector, alpha_still: float = 1.0, beta: float = 20.0):
+    """Yield (frame index, RGB frame, [(track id, FaceLandmarks)]) for every frame of a video.
+
+    detector: a `LandmarkDetector`. alpha_still < 1 smooths each tracked face (see the module docstring).
+    """
+    tracker = FaceTracker(alpha_still=alpha_still, beta=beta)
+    for index, frame in read_frames(path):
+        yield index, frame, tracker.update(detector.detect(frame))
+
+
+__all__ = ["FaceTracker", "landmarks_in_video", "OneEuroFilter", "VIDEO_EXTENSIONS", "VideoInfo", "VideoReadError", "alpha_from_cutoff",
            "cutoff_from_alpha", "is_video_path", "open_video", "read_frames"]

@@ -118,6 +118,7 @@ def test_blank_photo_has_no_face_and_bad_input_is_refused():
     detector = default_detector()
     assert detector.detect(np.zeros((300, 500, 3), np.uint8)) == []
     assert detector.detect(np.full((1, 1, 3), 255, np.uint8)) == []
+    assert detector.detect(np.zeros((4, 30000, 3), np.uint8)) == []  # a strip: letterboxed without a 30000² array
     with pytest.raises(ValueError, match="uint8 RGB"):
         detector.detect(np.zeros((30, 50), np.uint8))
     with pytest.raises(ValueError, match="zoom"):

@@ -145,18 +145,15 @@ def process_video(path: Path, detector, args, outputs: Outputs, progress) -> dic
     import cv2
 
     from cfdrnn_keras.drawing import draw_faces
-    from cfdrnn_keras.video import FaceTracker, open_video, read_frames
+    from cfdrnn_keras.video import landmarks_in_video, open_video
 
     capture, info = open_video(path)
     capture.release()
-    tracker = FaceTracker(alpha_still=args.smooth, beta=args.smooth_beta)
     writer = None
     frames = []
     bar = progress(total=info.frame_count or None, desc=path.name, unit="frame", leave=False)
     try:
-        for index, frame in read_frames(path):
-            faces = detector.detect(frame)
-            tracked = tracker.update(faces)
+        for index, frame, tracked in landmarks_in_video(path, detector, args.smooth, args.smooth_beta):
             frames.append({"frame": index, "time": round(index / info.fps, 4) if info.fps else None,
                            "faces": [{"track": track_id, **face.to_dict()} for track_id, face in tracked]})
             if outputs.folder:
