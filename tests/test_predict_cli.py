@@ -191,3 +191,24 @@ def test_model_and_usage_errors_exit_2_with_one_line(tmp_path, capsys):
     assert predict.main([str(empty)]) == 2
     with pytest.raises(SystemExit):
         predict.main([str(photo), "--smooth", "0"])
+
+
+def test_boxes_from_pts_use_the_annotated_box(tmp_path, tiny_model):
+    from data_pipelines.pts import write_pts
+
+    photo = tmp_path / "face.png"
+    shutil.copy(ASTRONAUT, photo)
+    rng = np.random.default_rng(3)
+    points = rng.uniform((180, 90), (270, 180), (68, 2))
+    write_pts(tmp_path / "face.pts", points)
+    bare = tmp_path / "bare.png"
+    shutil.copy(ASTRONAUT, bare)
+    out = tmp_path / "out.json"
+    status = predict.main([str(photo), str(bare), "--model", str(tiny_model), "--boxes-from-pts", "--json", str(out),
+                           "--quiet"])
+    assert status == 1  # bare.png has no .pts beside it
+    records = {Path(r["file"]).name: r for r in json.loads(out.read_text())["inputs"]}
+    box = records["face.png"]["faces"][0]["box"]
+    np.testing.assert_allclose(box, [*points.min(axis=0), *points.max(axis=0)], atol=0.006)  # 2 decimals
+    assert "score" not in records["face.png"]["faces"][0]
+    assert "no bare.pts beside it" in records["bare.png"]["error"]
