@@ -12,9 +12,10 @@ Boxes (`box=`):
   *missed*: it gets no prediction and the error ``MISSED_FACE_ERROR`` (1.0, i.e. 100 % of the eye
   distance) in both normalisations, so it counts as a failure in CED, AUC and FR and raises the mean.
 
-Models: a Keras model (CFDRNN dict outputs or a single landmarks output, input in [-0.5, 0.5]), or
-any callable ``predict(crops_uint8 (B, 256, 256, 3)) -> normalised landmarks (B, 68, 2)`` (or a dict
-with ``"landmarks"``), so a LandmarkDetector or a TFLite interpreter is scored the same way.
+Models: a Keras model (CFDRNN dict outputs or a single landmarks output, input in [-0.5, 0.5]); an
+object with ``predict_crops`` (a ``LandmarkDetector`` or an ``inference`` backend for a .keras file, a
+SavedModel folder or a .tflite file); or any callable ``predict(uint8 crops (B, S, S, 3)) ->
+normalised landmarks (B, 68, 2)`` (or a dict with ``"landmarks"``). All are scored the same way.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from data_pipelines.discovery import SPLITS, Face, find_faces, subset_of
+from data_pipelines.discovery import Face, find_faces, subset_of
 from data_pipelines.geometry import crop_matrix, face_box_from_points, invert, transform_points, warp_to_crop
 from data_pipelines.images import ImageReadError, read_image
 from data_pipelines.pts import PtsFormatError, read_pts
@@ -504,6 +505,13 @@ def load_report(path) -> dict:
     return report
 
 
+def report_missed(report: dict) -> dict[str, int]:
+    """Subset name → faces without a prediction (empty "pred") in a JSON report."""
+    rows = [entry["subset"] for entry in report["per_image"]]
+    flags = np.array([len(entry["pred"]) == 0 for entry in report["per_image"]], dtype=bool)
+    return {name: int(flags[index].sum()) for name, index in subset_members(rows).items()}
+
+
 def report_members(report: dict) -> dict[str, np.ndarray]:
     """Subset name → per-image inter-ocular errors (fractions) of a JSON report, subsets as in the run."""
     rows = [entry["subset"] for entry in report["per_image"]]
@@ -515,5 +523,5 @@ __all__ = [
     "BOX_MODES", "DETECTION_MIN_IOU", "ENGINES", "MISSED_FACE_ERROR", "PAPER_CFDRNN", "Evaluation", "EvaluationError",
     "FaceResult", "as_predictor", "best_detection", "box_iou", "crop_to_photo", "discover", "evaluate",
     "evaluate_faces", "keras_predictor", "keras_to_tflite", "load_model", "load_report", "markdown_table",
-    "prepare_engine", "report_members", "row_of", "subset_members",
+    "prepare_engine", "report_members", "report_missed", "row_of", "subset_members",
 ]

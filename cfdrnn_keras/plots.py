@@ -50,7 +50,7 @@ def plot_ced(curves: dict, path, title: str = "Cumulative error distribution",
         axes.set_ylabel("fraction of images")
         axes.set_title(title)
         axes.grid(True, alpha=0.3)
-        axes.legend(loc="lower right", fontsize="small")
+        axes.legend(loc="best", fontsize="small")  # good models rise at the left, poor ones hug the bottom
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.tight_layout()

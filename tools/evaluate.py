@@ -27,7 +27,8 @@ def parse_args(argv=None):
     parser.add_argument("--data", nargs="+", default=[], metavar="DIR",
                         help="folders (or single .pts files) with annotated faces; needed unless --compare")
     parser.add_argument("--model", default=None, metavar="PATH",
-                        help="a .keras or .tflite model (default: the trained model that ships in the package)")
+                        help="a .keras file, a SavedModel folder or a .tflite file (default: the trained model that "
+                             "ships in the package)")
     parser.add_argument("--box", choices=("gt", "detect"), default="gt",
                         help="face box: 'gt' = box of the 68 annotated points (as HRNet/PIPNet), 'detect' = the "
                              "package's face detector; a face it misses counts as a failure (default: gt)")
@@ -51,7 +52,7 @@ def parse_args(argv=None):
 
 
 def compare(args) -> int:
-    from cfdrnn_keras.evaluation import EvaluationError, load_report, markdown_table, report_members
+    from cfdrnn_keras.evaluation import EvaluationError, load_report, markdown_table, report_members, report_missed
     from cfdrnn_keras.plots import plot_compare
 
     runs = {}
@@ -61,9 +62,11 @@ def compare(args) -> int:
         except EvaluationError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        label = f"{Path(path).stem}: {Path(str(report['model'])).name}"
+        model = str(report["model"])
+        short = Path(model).name if Path(model).suffix.lower() in (".keras", ".tflite") else model
+        label = f"{Path(path).stem}: {short}"
         runs[label] = report_members(report)
-        print(f"\n### {label}\n\n{markdown_table(report['subsets'])}")
+        print(f"\n### {label}\n\n{markdown_table(report['subsets'], report_missed(report))}")
     written = plot_compare(runs, args.plots or "plots")
     for path in written:
         print(f"wrote {path}")
