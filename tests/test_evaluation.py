@@ -17,11 +17,11 @@ from data_pipelines.pts import read_pts, write_pts
 STRIDE, SIZE = 4, 256
 
 
-def decode_gaussian_heatmaps(heatmaps: np.ndarray) -> np.ndarray:
-    """(B, 64, 64, 68) heat-maps → normalised points: argmax plus the log-parabola vertex around it,
-    which is exact for a sampled Gaussian (its logarithm is a parabola)."""
-    coarse, _ = heatmap_peaks_numpy(heatmaps, STRIDE, SIZE)
-    cells = np.rint(coarse * SIZE / STRIDE).astype(int)  # (B, 68, 2) heat-map cell of each peak
+def decode_gaussian_heatmaps(heatmaps: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """(B, size/4, size/4, 68) heat-maps → normalised points: argmax plus the log-parabola vertex
+    around it, which is exact for a sampled Gaussian (its logarithm is a parabola)."""
+    coarse, _ = heatmap_peaks_numpy(heatmaps, STRIDE, size)
+    cells = np.rint(coarse * size / STRIDE).astype(int)  # (B, 68, 2) heat-map cell of each peak
     logs = np.log(np.maximum(heatmaps, 1e-30))
     refined = np.zeros_like(coarse, dtype=np.float64)
     for b, n in np.ndindex(*cells.shape[:2]):
@@ -30,7 +30,7 @@ def decode_gaussian_heatmaps(heatmaps: np.ndarray) -> np.ndarray:
         up, down = logs[b, v - 1, u, n], logs[b, v + 1, u, n]
         refined[b, n, 0] = u + 0.5 * (left - right) / (left - 2 * mid + right)
         refined[b, n, 1] = v + 0.5 * (up - down) / (up - 2 * mid + down)
-    return refined * STRIDE / SIZE
+    return refined * STRIDE / size
 
 
 class PerfectHeatmapModel:
@@ -38,23 +38,25 @@ class PerfectHeatmapModel:
     (from the annotation and the 300-W crop geometry), encodes them as the training targets and
     decodes them again. Whatever error remains comes from the evaluation's mapping to the photo."""
 
-    def __init__(self, faces, check_crop=None):
+    def __init__(self, faces, check_crop=None, input_size: int = SIZE):
+        self.input_size = input_size  # evaluate_faces cuts crops of the size a model asks for
         self.crop_points = []
         for face in faces:
             gt = read_pts(face.pts_path)
-            matrix = crop_matrix(face_box_from_points(gt), output_size=SIZE, margin=1.25)
+            matrix = crop_matrix(face_box_from_points(gt), output_size=input_size, margin=1.25)
             self.crop_points.append(transform_points(matrix, gt))
         self.check_crop = check_crop
         self.calls = 0
 
     def __call__(self, crops):
-        assert crops.dtype == np.uint8 and crops.shape[1:] == (SIZE, SIZE, 3)
+        size = self.input_size
+        assert crops.dtype == np.uint8 and crops.shape[1:] == (size, size, 3)
         points = np.stack(self.crop_points[self.calls:self.calls + len(crops)])
         if self.check_crop is not None:
             for crop, crop_points in zip(crops, points):
                 self.check_crop(crop, crop_points)
         self.calls += len(crops)
-        return decode_gaussian_heatmaps(encode_heatmaps_numpy(points, SIZE, STRIDE, 1.3))
+        return decode_gaussian_heatmaps(encode_heatmaps_numpy(points, size, STRIDE, 1.3), size)
 
 
 def test_perfect_heatmaps_give_the_ground_truth_back_in_photo_pixels(samples_dir):
@@ -72,6 +74,13 @@ def test_perfect_heatmaps_give_the_ground_truth_back_in_photo_pixels(samples_dir
     table = result.subsets()
     assert table["samples"]["n"] == 15 and table["all"]["n"] == 15
     assert table["all"]["nme_io"] < 0.1 and table["all"]["auc08_io"] > 99.5 and table["all"]["fr08_io"] == 0
+
+
+def test_models_with_smaller_crops_are_mapped_back_with_their_own_size(samples_dir):
+    faces = find_faces([samples_dir])[:4]
+    result = ev.evaluate_faces(faces, PerfectHeatmapModel(faces, input_size=128))
+    for face, face_result in zip(faces, result.results):
+        assert np.abs(face_result.pred - read_pts(face.pts_path)).max() < 0.5
 
 
 def test_the_crop_the_model_sees_shows_the_face_where_the_annotation_says(tmp_path, samples_dir):
@@ -183,6 +192,7 @@ def test_missed_faces_count_as_failures(samples_dir):
     report = result.to_json()
     assert report["per_image"][1]["pred"] == [] and report["per_image"][1]["nme_io"] == 100.0
     assert "missed" in ev.markdown_table(report["subsets"], result.missed())
+    assert ev.report_missed(report) == result.missed()
 
 
 def test_bad_files_are_skipped_with_one_line_and_counted(tmp_path, samples_dir):
