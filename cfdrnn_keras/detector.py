@@ -4,11 +4,11 @@ The default detector is MediaPipe's BlazeFace "full range" model (`face_detectio
 Apache-2.0, 0.68 MB, copied unchanged from the `mediapipe==0.10.21` wheel on PyPI into
 `cfdrnn_keras/assets/`), run by the LiteRT interpreter that the project already depends on for its
 own TFLite files: nothing is downloaded at run time and no new package is needed. It found all 15
-annotated faces of the shared sample photos at 4–8 ms per photo; docs/INFERENCE.md compares it with
+annotated faces of the shared sample photos at 4–8 ms per photo (quiet 2-core machine, one pass); docs/INFERENCE.md compares it with
 dlib (HOG, CNN) and YuNet and explains the choice.
 
 Why the boxes are re-mapped: every detector draws its own kind of box (BlazeFace's is a square from
-the brows to the chin), while the landmark network was trained on crops cut around the TIGHT box of
+the forehead to the chin, while the 68 points start at the brows), while the landmark network was trained on crops cut around the TIGHT box of
 the 68 annotated points (`data_pipelines.geometry.face_box_from_points`). `BoxCalibration` moves and
 scales the detector's box to that convention with four constants fitted on the shared 300-W faces
 (`python tools/compare_face_detectors.py --calibrate`), so a detected face is cropped like a training face.
