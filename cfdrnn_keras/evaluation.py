@@ -404,7 +404,9 @@ def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detec
         detector = default_detector()
     predict = as_predictor(model)
     input_size = input_size_of(model)
-    name = model_name if model_name is not None else getattr(model, "name", type(model).__name__)
+    name = model_name
+    if name is None:
+        name = getattr(model, "name", None) or getattr(model, "__name__", None) or type(model).__name__
     evaluation = Evaluation(model=str(name), box=box)
     report = on_skip or (lambda message: print(message, file=sys.stderr))
 
