@@ -52,13 +52,12 @@ def encode_heatmaps(points_px, input_size: int = 256, stride: int = 4, sigma: fl
 
     points = tf.cast(points_px, tf.float32) / float(stride)
     size = input_size // stride
-    grid = tf.range(size, dtype=tf.float32)
-    gx = tf.exp(-tf.square(grid - points[..., 0:1]) / (2.0 * sigma * sigma))
-    gy = tf.exp(-tf.square(grid - points[..., 1:2]) / (2.0 * sigma * sigma))
-    maps = gy[..., :, None] * gx[..., None, :]  # (..., N, H, W)
-    rank = len(maps.shape)
-    perm = list(range(rank - 3)) + [rank - 2, rank - 1, rank - 3]
-    return tf.transpose(maps, perm)
+    grid = tf.range(size, dtype=tf.float32)[:, None]  # (H, 1), broadcast against (..., 1, N)
+    # Built directly in (..., H, W, N) layout: 3–4× faster in tf.data than building (..., N, H, W)
+    # and transposing (measured in docs/DATA.md).
+    gx = tf.exp(-tf.square(grid - points[..., None, :, 0]) / (2.0 * sigma * sigma))  # (..., W, N)
+    gy = tf.exp(-tf.square(grid - points[..., None, :, 1]) / (2.0 * sigma * sigma))  # (..., H, N)
+    return gy[..., :, None, :] * gx[..., None, :, :]
 
 
 # ----------------------------------------------------------------------------------------------
