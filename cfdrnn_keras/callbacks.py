@@ -130,6 +130,57 @@ class BestNetworkSaver(keras.callbacks.Callback):
         return {"best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor}
 
 
+class SyncBatchNormStatistics(keras.callbacks.Callback):
+    """Averages every batch norm's moving mean and variance over the replicas.
+
+    Keras 3 normalises each replica's batch with its own statistics and updates each replica's
+    moving averages from them, so under MirroredStrategy / MultiWorkerMirroredStrategy the
+    copies drift apart (the trainable weights stay equal: their gradients are all-reduced). Before
+    validation and at the end of every epoch (before checkpoints and saved networks read them)
+    this all-reduces the moving statistics, so every worker holds the same network and the
+    averages use the whole global batch. Does nothing with one replica.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._sync = None
+
+    def _build(self):
+        import tensorflow as tf
+
+        strategy = self.model.distribute_strategy
+        if strategy is None or strategy.num_replicas_in_sync <= 1:
+            return None
+        moving = [v for layer in self.model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
+                  for v in (layer.moving_mean, layer.moving_variance)]
+        if not moving:
+            return None
+        tf_variables = [v.value if hasattr(v, "_value") else v for v in moving]
+
+        def replica_mean():
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce("MEAN", [tf.identity(v) for v in tf_variables])
+
+        @tf.function
+        def sync():
+            means = strategy.run(replica_mean)
+            for variable, mean in zip(moving, means):
+                variable.assign(strategy.experimental_local_results(mean)[0])
+
+        return sync
+
+    def _run(self):
+        if self._sync is None:
+            self._sync = self._build() or (lambda: None)
+        self._sync()
+
+    def on_test_begin(self, logs=None):
+        self._run()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._run()
+
+
 # ----------------------------------------------------------------------------------------------
 # Logs
 # ----------------------------------------------------------------------------------------------

@@ -65,12 +65,49 @@ class CFDRNNTrainer(keras.Model):
         # Gradients are summed over replicas: each replica's loss carries 1 / replicas.
         return keras.src.losses.loss.scale_loss_for_distribution(loss)
 
+    def train_step(self, data):
+        return self._vector_logs_for_multi_worker(super().train_step(data))
+
+    def test_step(self, data):
+        return self._vector_logs_for_multi_worker(super().test_step(data))
+
+    def _vector_logs_for_multi_worker(self, logs):
+        """Shape (1,) logs under MultiWorkerMirroredStrategy, scalars elsewhere.
+
+        Keras 3 reduces each replica's logs across workers with `strategy.reduce("MEAN", v, axis=0)`,
+        which fails for the scalar metric values ("Invalid reduction dimension 0 for input with 0
+        dimensions", tensorflow/tensorflow#72388); one-element vectors reduce to the same scalar.
+        """
+        if not _multi_worker(self.distribute_strategy):
+            return logs
+        return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skip Keras's pre-fit symbolic build when everything is built already (`build_for_training`).
+
+        Under a strategy, Keras 3.15 otherwise pulls one batch and `strategy.reduce`s it, which
+        MultiWorkerMirroredStrategy cannot do for dict targets ("unsupported type PerReplica"),
+        and it would also consume a batch of the epoch for nothing.
+        """
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def build_for_training(self) -> None:
         """Create the trainer's and the optimizer's variables, so `load_weights` can fill them."""
         size = self.input_size
         self.build((None, size, size, 3))
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
+
+
+def _multi_worker(strategy) -> bool:
+    if strategy is None or keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,7 +157,6 @@ RECIPES = {
     "practical": Recipe(
         name="practical", optimizer="adamw", learning_rate=1e-3, batch_size=8, epochs=60, weight_decay=1e-4,
         weight_decay_mode="decoupled", schedule="warmup_cosine", warmup_epochs=1.0, final_fraction=0.01,
-        clipnorm=10.0,
     ),
 }
 
@@ -148,7 +184,9 @@ def make_schedule(recipe: Recipe, steps_per_epoch: int):
             raise ValueError("a 'steps' schedule needs as many values as boundaries")
         if not recipe.boundaries:
             return recipe.learning_rate
-        boundaries = [int(epoch * steps_per_epoch) for epoch in recipe.boundaries]
+        # PiecewiseConstantDecay switches AFTER step == boundary; the update of 0-based step
+        # e·steps (the first of epoch e + 1) must already use the next value.
+        boundaries = [int(epoch * steps_per_epoch) - 1 for epoch in recipe.boundaries]
         return schedules.PiecewiseConstantDecay(boundaries, [recipe.learning_rate, *recipe.values])
     if recipe.schedule == "warmup_cosine":
         total = max(1, int(round(recipe.epochs * steps_per_epoch)))
@@ -226,12 +264,54 @@ def set_precision(precision: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Assembling and exporting
 # ----------------------------------------------------------------------------------------------
+def scale_output_heads(network: keras.Model, config: CFDRNNConfig) -> None:
+    """Start the output heads at the scale of their targets (a fresh network only).
+
+    Every convolution of the paper's network is followed by batch normalisation, the outputs too,
+    so at initialisation a heat-map is relu(x̂) with x̂ ~ N(0, 1): Σ over the H×W pixels of its
+    square is about 0.5·H·W (2048 at 64×64) against πσ² ≈ 5.3 for a target, and every offset Δ
+    has a standard deviation of 1 normalised unit (the whole crop). With γ = 1 the optimiser first
+    spends hundreds of steps shrinking those γ (Adam moves γ about one learning rate per step).
+    Setting the γ of the heads' last batch norm so that the first outputs have the targets' scale
+    removes that phase: heat-maps γ = √(2π)·σ / H (Σ out² ≈ πσ²), offsets γ = 1 / H (one heat-map
+    pixel). Measured effect in docs/TRAINING.md.
+    """
+    size = config.heatmap_size
+    heatmap_gamma = (2.0 * 3.141592653589793) ** 0.5 * config.heatmap_sigma / size
+    delta_gamma = 1.0 / size
+    for layer in network.layers:
+        if layer.name.startswith("resizer_r."):
+            continue  # Hr has no loss: a feature of the landmark level, not an output
+        if layer.name.endswith("conv1x1_H_bn"):
+            gamma = heatmap_gamma
+        elif layer.name.endswith("conv1x1_delta_bn"):
+            gamma = delta_gamma
+        else:
+            continue
+        layer.gamma.assign(ops.full(layer.gamma.shape, gamma, dtype=layer.gamma.dtype))
+
+
 def build_trainer(config: CFDRNNConfig, recipe: Recipe, steps_per_epoch: int,
-                  loss_weights: LossWeights | None = None, init_weights: str | None = None) -> CFDRNNTrainer:
-    """Network + trainer + optimizer, compiled and built (call inside `strategy.scope()`)."""
+                  loss_weights: LossWeights | None = None, init_weights: str | None = None,
+                  head_init: bool = True, bn_momentum: float | None = None) -> CFDRNNTrainer:
+    """Network + trainer + optimizer, compiled and built (call inside `strategy.scope()`).
+
+    A fresh network gets `scale_output_heads` (unless `head_init` is False); one started from
+    `init_weights` keeps them. `bn_momentum` replaces the batch norms' moving-average momentum
+    (Keras: 0.99, i.e. ~300 steps before inference-mode statistics settle; lower it for runs of
+    only a few hundred steps).
+    """
     network = build_cfdrnn(config)
+    if bn_momentum is not None:
+        if not 0 <= bn_momentum < 1:
+            raise ValueError(f"batch-norm momentum must be in [0, 1), got {bn_momentum}")
+        for layer in network.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
     if init_weights:
         load_network_weights(network, init_weights)
+    elif head_init:
+        scale_output_heads(network, config)
     l2 = recipe.weight_decay if recipe.weight_decay_mode == "l2" else 0.0
     trainer = CFDRNNTrainer(network, loss_weights=loss_weights, l2_decay=l2, stride=config.stride)
     trainer.compile(optimizer=make_optimizer(recipe, steps_per_epoch))

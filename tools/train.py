@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of the heat-map L2 terms: one number, or four comma-separated (H1..H4)")
     optim.add_argument("--delta-loss-weight", default="1",
                        help="weight of the offset L2 terms: one number, or four comma-separated (ΔL1..ΔL4)")
+    optim.add_argument("--bn-momentum", type=float, default=None,
+                       help="moving-average momentum of every batch norm (default: Keras's 0.99); lower it "
+                            "(e.g. 0.9) for runs of a few hundred steps, so inference-mode statistics settle")
+    optim.add_argument("--no-head-init", action="store_true",
+                       help="keep γ = 1 in the output heads' last batch norms instead of starting them at "
+                            "the targets' scale (training.scale_output_heads)")
     optim.add_argument("--seed", type=int, default=0, help="seeds the split, weights, shuffling and augmentation")
 
     run = parser.add_argument_group("run")
@@ -112,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Options that describe the run itself: on --resume, the saved values are used unless given again.
 RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "cache", "preset", "width",
              "input_size", "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
-             "heatmap_loss_weight", "delta_loss_weight", "seed", "precision", "shard_policy")
+             "heatmap_loss_weight", "delta_loss_weight", "bn_momentum", "no_head_init", "seed", "precision", "shard_policy")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -206,28 +212,35 @@ class RunResult:
         self.stopped_message = stopped_message
 
 
-def run(args) -> RunResult:
-    """Train as `args` (from `parse_args`) says; raises TrainingError for bad options or data."""
+def run(args, extra_callbacks=()) -> RunResult:
+    """Train as `args` (from `parse_args`) says; raises TrainingError for bad options or data.
+
+    `extra_callbacks` run after the run's own (scripts and tests use them to watch or interrupt).
+    """
+    run_dir = Path(args.out)
+    # Cheap checks first, before TensorFlow loads: a wrong path costs a second, not twenty.
+    if args.init_weights and not Path(args.init_weights).is_file():
+        raise TrainingError(f"{args.init_weights}: initial weights not found")
+    for folder in args.data + (args.val_data or []):
+        if not Path(folder).exists():
+            raise TrainingError(f"{folder}: data folder not found")
+    if args.resume and not (run_dir / "checkpoints" / "state.json").is_file():
+        raise TrainingError(f"{run_dir}: no checkpoint to resume from (checkpoints/state.json is missing)")
+    train_faces, val_faces = select_faces(args)
+
+    from cfdrnn_keras import distribute
+
+    try:
+        strategy = distribute.make_strategy(args.strategy)  # before other TF ops (MultiWorkerMirroredStrategy)
+    except distribute.DistributionError as error:
+        raise TrainingError(str(error)) from None
+
     import keras
 
     from cfdrnn_keras import callbacks as cb
-    from cfdrnn_keras import distribute
     from cfdrnn_keras.losses import LossWeights
     from cfdrnn_keras.training import (build_trainer, resolve_precision, save_network_atomically,
                                        set_precision, steps_for)
-
-    try:
-        strategy = distribute.make_strategy(args.strategy)  # first: MultiWorkerMirroredStrategy needs that
-    except distribute.DistributionError as error:
-        raise TrainingError(str(error)) from None
-    chief = distribute.is_chief(strategy)
-    run_dir = Path(args.out)
-    state = cb.read_state(str(run_dir)) if args.resume else None
-    if args.resume and state is None:
-        raise TrainingError(f"{run_dir}: no checkpoint to resume from (checkpoints/state.json is missing)")
-    if not args.resume and chief and (run_dir / cb.CHECKPOINT_DIR / cb.STATE_FILE).is_file():
-        raise TrainingError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
-    initial_epoch = int(state["epoch"]) if state else 0
 
     try:
         config = model_config(args)
@@ -236,18 +249,16 @@ def run(args) -> RunResult:
         precision = resolve_precision(args.precision)
     except ValueError as error:
         raise TrainingError(str(error)) from None
-    if args.init_weights and not Path(args.init_weights).is_file():
-        raise TrainingError(f"{args.init_weights}: initial weights not found")
-    for folder in args.data + (args.val_data or []):
-        if not Path(folder).exists():
-            raise TrainingError(f"{folder}: data folder not found")
-
-    train_faces, val_faces = select_faces(args)
-    global_batch = distribute.global_batch_size(recipe.batch_size, strategy)
-    steps = args.steps_per_epoch or steps_for(len(train_faces), global_batch)
+    state = cb.read_state(str(run_dir)) if args.resume else None
+    initial_epoch = int(state["epoch"]) if state else 0
     if initial_epoch >= recipe.epochs:
         raise TrainingError(f"{run_dir}: already trained for {initial_epoch} of {recipe.epochs} epochs "
                             "(pass a larger --epochs to go on)")
+    chief = distribute.is_chief(strategy)
+    if not args.resume and chief and (run_dir / cb.CHECKPOINT_DIR / cb.STATE_FILE).is_file():
+        raise TrainingError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    global_batch = distribute.global_batch_size(recipe.batch_size, strategy)
+    steps = args.steps_per_epoch or steps_for(len(train_faces), global_batch)
 
     keras.utils.set_random_seed(args.seed)
     set_precision(precision)
@@ -255,7 +266,8 @@ def run(args) -> RunResult:
     with strategy.scope():
         try:
             trainer = build_trainer(config, recipe, steps, loss_weights,
-                                    init_weights=None if state else args.init_weights)
+                                    init_weights=None if state else args.init_weights,
+                                    head_init=not args.no_head_init, bn_momentum=args.bn_momentum)
         except (ValueError, FileNotFoundError) as error:
             raise TrainingError(str(error)) from None
         if state:
@@ -280,6 +292,7 @@ def run(args) -> RunResult:
     history_csv = cb.HistoryCSV(str(run_dir / "history.csv"), initial_epoch=initial_epoch, enabled=chief)
     callbacks = [
         nan_stop,
+        cb.SyncBatchNormStatistics(),  # first: later callbacks read the statistics
         cb.LearningRateLogger(),
         best,
         cb.EpochCheckpoint(str(run_dir), is_chief=chief, extra_state=best.state),
@@ -289,6 +302,7 @@ def run(args) -> RunResult:
     if chief and not args.no_tensorboard and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
                                                      update_freq="epoch", profile_batch=0))
+    callbacks.extend(extra_callbacks)
     verbose = (1 if sys.stdout.isatty() else 2) if args.verbose == "auto" else int(args.verbose)
     history = trainer.fit(datasets[0], validation_data=datasets[1], epochs=recipe.epochs,
                           initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,

@@ -1,0 +1,155 @@
+"""tools/train.py: help, one-line errors, the files of a run, and resuming after a kill mid-epoch."""
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+
+import cfdrnn_keras  # noqa: F401  (registers the custom layers for load_model)
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOOL = REPO / "tools" / "train.py"
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("cfdrnn_train_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_cli(*args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def test_help_documents_every_option():
+    result = _run_cli("--help")
+    assert result.returncode == 0
+    parser = _load_tool().build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and action.help != argparse.SUPPRESS, action.dest
+        for option in action.option_strings:
+            assert option in result.stdout
+        if action.default is None:  # "None" must mean "the preset's / recipe's / a generated" value
+            assert any(word in action.help for word in ("override", "default", "start from")), action.dest
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--data", "/no/such/folder"], "/no/such/folder: data folder not found"),
+        (["--init-weights", "/no/such.keras"], "/no/such.keras: initial weights not found"),
+        (["--resume", "--out", "{tmp}/empty"], "no checkpoint to resume from"),
+        (["--data", "{tmp}", "--split", "all"], "no faces of split 'all' found"),
+    ],
+)
+def test_bad_input_gives_one_line_error_without_traceback(tmp_path, arguments, message):
+    arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
+    result = _run_cli(*arguments)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("train.py: error:") and message in lines[0]
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Raises in the middle of epoch `epoch` (1-based), as a kill would stop the process."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch, self.current = epoch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == 0:
+            raise KeyboardInterrupt("simulated kill")
+
+
+class _Snapshot(keras.callbacks.Callback):
+    """Copies every trainer and optimizer variable at the end of epoch 1 / at the start of training."""
+
+    def __init__(self):
+        super().__init__()
+        self.after_epoch_1 = self.at_start = None
+
+    def _values(self):
+        return [np.array(v.numpy()) for v in self.model.variables + self.model.optimizer.variables]
+
+    def on_train_begin(self, logs=None):
+        self.at_start = self._values()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.after_epoch_1 = self._values()
+
+
+@pytest.mark.slow
+def test_run_files_and_resume_after_a_kill_match_an_uninterrupted_run(shared_data, tmp_path):
+    # 4 training faces in batches of 4: every step sees the same faces whatever the shuffle order, so a
+    # resumed run (which draws a new shuffle stream) can be compared weight for weight.
+    common = ["--data", shared_data / "300w" / "afw", "--split", "all", "--limit", "5", "--val-fraction", "0.2",
+              "--input-size", "64", "--width", "0.0625", "--epochs", "2", "--steps-per-epoch", "2",
+              "--augment", "none", "--batch-size", "4", "--learning-rate", "3e-3", "--precision", "fp32"]
+    common = [str(a) for a in common]
+
+    # Uninterrupted, through the command line: every file a run promises.
+    straight = tmp_path / "straight"
+    result = _run_cli(*common, "--out", straight)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("config.json", "split.json", "history.csv", "curves.png", "best.keras", "final.keras",
+                 "checkpoints/state.json", "checkpoints/epoch-0002.weights.h5"):
+        assert (straight / name).is_file(), name
+    assert not list((straight / "checkpoints").glob("epoch-0001*"))  # older checkpoints are removed
+    assert list((straight / "tensorboard").rglob("events.out.tfevents.*"))
+    description = json.loads((straight / "config.json").read_text())
+    assert description["model"]["width"] == 0.0625 and description["steps_per_epoch"] == 2
+    assert description["faces"] == {"train": 4, "validation": 1}
+    header = (straight / "history.csv").read_text().splitlines()[0].split(",")
+    for column in ("epoch", "loss", "heatmaps_1_loss", "delta_4_loss", "nme", "val_loss", "val_nme",
+                   "learning_rate"):
+        assert column in header
+    assert len((straight / "history.csv").read_text().splitlines()) == 3
+    state = json.loads((straight / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["iterations"] == 4
+    final = keras.saving.load_model(straight / "final.keras", safe_mode=True)
+    best = keras.saving.load_model(straight / "best.keras", safe_mode=True)
+    assert final.__class__.__name__ == "Functional" and best.__class__.__name__ == "Functional"
+    assert set(final.output) >= {"heatmaps_1", "delta_4", "landmarks", "confidence"}
+
+    # Interrupted in the middle of epoch 2, then resumed, in this process.
+    tool = _load_tool()
+    interrupted = tmp_path / "interrupted"
+    snapshot = _Snapshot()
+    with pytest.raises(KeyboardInterrupt):
+        tool.run(tool.parse_args(common + ["--out", str(interrupted)]), extra_callbacks=[snapshot, _Interrupt(2)])
+    assert json.loads((interrupted / "checkpoints" / "state.json").read_text())["epoch"] == 1
+    resumed_snapshot = _Snapshot()
+    result = tool.run(tool.parse_args(["--out", str(interrupted), "--resume"]), extra_callbacks=[resumed_snapshot])
+    keras.config.set_dtype_policy("float32")
+
+    # The resumed run started from exactly the state saved after epoch 1 ...
+    assert len(resumed_snapshot.at_start) == len(snapshot.after_epoch_1)
+    for restored, saved in zip(resumed_snapshot.at_start, snapshot.after_epoch_1):
+        np.testing.assert_array_equal(restored, saved)
+    # ... and ended where the uninterrupted run ended: epoch, iterations, learning rate, weights.
+    optimizer = result.trainer.optimizer
+    assert int(optimizer.iterations.numpy()) == 4
+    straight_rows = (straight / "history.csv").read_text().splitlines()
+    resumed_rows = (interrupted / "history.csv").read_text().splitlines()
+    assert len(resumed_rows) == 3 and resumed_rows[0] == straight_rows[0]
+    column = straight_rows[0].split(",").index("learning_rate")
+    assert float(resumed_rows[2].split(",")[column]) == pytest.approx(float(straight_rows[2].split(",")[column]))
+    for resumed, uninterrupted in zip(result.network.weights, final.weights):
+        np.testing.assert_allclose(resumed.numpy(), uninterrupted.numpy(), rtol=1e-4, atol=1e-5)
