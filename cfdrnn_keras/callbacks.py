@@ -52,6 +52,20 @@ def read_state(run_dir: str) -> dict | None:
     return state
 
 
+def seed_state_variables(model) -> list:
+    """The random-number states of the model's layers (dropout), which `save_weights` leaves out."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def restore_seed_states(model, states) -> None:
+    """Put back the dropout random states a checkpoint recorded, so masks continue, not replay."""
+    variables = seed_state_variables(model)
+    if states is None or len(states) != len(variables):
+        return
+    for variable, value in zip(variables, states):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: the trainer's weights and optimizer state, then a state file naming them.
 
@@ -86,6 +100,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             "epoch": epoch + 1,
             "iterations": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
             "weights": name,
+            "seed_states": [np.asarray(v.numpy()).tolist() for v in seed_state_variables(self.model)],
             **self.extra_state(),
         }
         state_path = os.path.join(directory, STATE_FILE)

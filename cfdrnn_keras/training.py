@@ -377,3 +377,52 @@ def steps_for(count: int, global_batch: int) -> int:
     never needs to divide evenly.
     """
     return max(1, count // global_batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# A training stream that a resumed run can continue
+# ----------------------------------------------------------------------------------------------
+def resumable_training_dataset(faces, config: CFDRNNConfig, *, batch_size: int, augment_config=None, seed: int = 0,
+                               start_batch: int = 0, workers: int | None = None, problems: list | None = None):
+    """Endless training batches whose ORDER is a pure function of (seed, position in the stream).
+
+    `data_pipelines.dataset.make_dataset(repeat=True)` reshuffles with a stateful shuffle, so a
+    restarted process would replay epoch 1's order. Here sample number p of the stream (counting
+    from the start of training) is face `index_shuffle(p mod n, seed=(seed, p div n))`: a new
+    permutation per pass over the faces, stateless, so a run resumed at batch k continues with
+    exactly the faces the uninterrupted run would have seen. The cached loose crops and the
+    per-batch augmentation are `data_pipelines`' own (`load_examples`, `batches_from_crops`);
+    the augmentation draws are re-seeded with the start batch (random either way), so without
+    augmentation a resumed run is bit-for-bit the uninterrupted one.
+    """
+    import tensorflow as tf
+
+    from data_pipelines.dataset import (DEFAULT_LOOSE_FACTOR, DEFAULT_MARGIN, batches_from_crops, load_examples,
+                                        loose_geometry)
+
+    faces = list(faces)
+    if not faces:
+        raise ValueError("no training faces given")
+    crop_size, crop_margin = loose_geometry(config.input_size, DEFAULT_MARGIN, DEFAULT_LOOSE_FACTOR)
+    examples = load_examples(faces, crop_size, crop_margin, workers=workers, num_points=config.num_landmarks,
+                             problems=problems)
+    count = len(examples)
+    if count == 0:
+        raise ValueError(f"none of the {len(faces)} training faces could be read (see the warnings above)")
+    images = tf.convert_to_tensor(examples.images)
+    if not tf.distribute.has_strategy():
+        # A resource, not a constant: auto-sharding rewrites serialise the dataset graph (2 GB limit).
+        images = tf.Variable(images, trainable=False, name="training_crop_cache")
+    points = tf.convert_to_tensor(examples.points)
+    del examples
+
+    def crop_at(position):
+        pass_index = position // count
+        index = tf.random.experimental.index_shuffle(
+            position % count, seed=tf.stack([tf.constant(seed, tf.int64), pass_index]), max_index=count - 1)
+        return tf.gather(images, index), tf.gather(points, index)
+
+    positions = tf.data.Dataset.range(int(start_batch) * int(batch_size), 2**62)
+    crops = positions.map(crop_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return batches_from_crops(crops, config=config, training=True, batch_size=batch_size,
+                              augment_config=augment_config, seed=seed + int(start_batch), drop_remainder=True)

@@ -116,6 +116,28 @@ def test_saved_network_is_plain_float32_and_loads_safely(tmp_path):
     np.testing.assert_allclose(loaded(image)["heatmaps_4"], copy(image)["heatmaps_4"], atol=1e-6)
 
 
+def test_training_stream_resumes_in_the_uninterrupted_order(shared_data):
+    from data_pipelines.augment import AugmentConfig
+    from data_pipelines.discovery import find_faces
+
+    from cfdrnn_keras.training import resumable_training_dataset
+
+    faces = find_faces(shared_data / "300w" / "afw")[:5]
+    options = dict(batch_size=2, augment_config=AugmentConfig.none(), seed=3)
+
+    def landmarks(start, count):
+        stream = resumable_training_dataset(faces, TINY, start_batch=start, **options)
+        return [batch[1]["landmarks"].numpy() for batch in stream.take(count)]
+
+    whole = landmarks(0, 7)  # 14 samples: almost three passes over 5 faces, batches straddle passes
+    np.testing.assert_array_equal(np.concatenate(landmarks(4, 3)), np.concatenate(whole[4:]))
+    samples = np.concatenate(whole).reshape(14, -1)
+    first_pass, second_pass = samples[:5], samples[5:10]
+    key = lambda rows: sorted(map(tuple, rows.round(5)))  # noqa: E731
+    assert key(first_pass) == key(second_pass)  # every pass is a permutation of the 5 faces ...
+    assert not np.array_equal(first_pass, second_pass)  # ... a different one each time
+
+
 @pytest.mark.slow
 def test_a_tiny_network_learns_eight_real_faces(shared_data):
     """40 steps on 8 faces: training loss and inference NME on those faces fall well below the start.

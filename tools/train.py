@@ -262,7 +262,8 @@ def run(args, extra_callbacks=()) -> RunResult:
 
     keras.utils.set_random_seed(args.seed)
     set_precision(precision)
-    datasets = make_datasets(args, config, train_faces, val_faces, global_batch, initial_epoch)
+    start_batch = int(state["iterations"]) if state else 0  # batches already trained on
+    datasets = make_datasets(args, config, train_faces, val_faces, global_batch, start_batch)
     with strategy.scope():
         try:
             trainer = build_trainer(config, recipe, steps, loss_weights,
@@ -272,6 +273,7 @@ def run(args, extra_callbacks=()) -> RunResult:
             raise TrainingError(str(error)) from None
         if state:
             trainer.load_weights(state["weights_path"])
+            cb.restore_seed_states(trainer, state.get("seed_states"))
 
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -333,19 +335,27 @@ def _scratch() -> str:
     return tempfile.mkdtemp(prefix="cfdrnn-worker-")
 
 
-def make_datasets(args, config, train_faces, val_faces, global_batch, initial_epoch):
-    """(training, validation or None) tf.data pipelines, sharded for the strategy."""
+def make_datasets(args, config, train_faces, val_faces, global_batch, start_batch):
+    """(training, validation or None) tf.data pipelines, sharded for the strategy.
+
+    With the cache in memory the training stream continues at batch `start_batch` in the order
+    an uninterrupted run would have used (`training.resumable_training_dataset`).
+    """
     from cfdrnn_keras import distribute
+    from cfdrnn_keras.training import resumable_training_dataset
     from data_pipelines.augment import AugmentConfig
     from data_pipelines.dataset import make_dataset
 
     augment = AugmentConfig() if args.augment == "default" else AugmentConfig.none()
-    # A resumed run draws a fresh shuffle/augmentation stream rather than replaying epoch 1's.
     problems = []
     try:
-        train = make_dataset(train_faces, config, training=True, batch_size=global_batch, augment_config=augment,
-                             cache=args.cache == "memory", repeat=True, seed=args.seed + initial_epoch,
-                             problems=problems)
+        if args.cache == "memory":
+            train = resumable_training_dataset(train_faces, config, batch_size=global_batch, augment_config=augment,
+                                               seed=args.seed, start_batch=start_batch, problems=problems)
+        else:  # streamed from disk: a resumed run draws a fresh order
+            train = make_dataset(train_faces, config, training=True, batch_size=global_batch,
+                                 augment_config=augment, cache=False, repeat=True, seed=args.seed + start_batch,
+                                 problems=problems)
         val = None
         if val_faces:
             val = make_dataset(val_faces, config, training=False, batch_size=global_batch,
