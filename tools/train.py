@@ -285,8 +285,9 @@ def run(args, extra_callbacks=()) -> RunResult:
           f"{steps} steps/epoch, epochs {initial_epoch + 1}..{recipe.epochs} → {run_dir}", flush=True)
 
     def save_best():
-        target = run_dir / "best.keras" if chief else Path(_scratch()) / "best.keras"
-        save_network_atomically(trainer.network, config, str(target))
+        # Network weights are mirrored (reading them is local, no collective): only the chief saves.
+        if chief:
+            save_network_atomically(trainer.network, config, str(run_dir / "best.keras"))
 
     best = cb.BestNetworkSaver(save_best, monitor=monitor,
                                best=(state or {}).get("best"), best_epoch=(state or {}).get("best_epoch"))
@@ -311,8 +312,8 @@ def run(args, extra_callbacks=()) -> RunResult:
                           verbose=verbose, shuffle=False)  # the pipeline shuffles
     if nan_stop.message:
         return RunResult(trainer, history, run_dir, nan_stop.message)
-    target = run_dir / "final.keras" if chief else Path(_scratch()) / "final.keras"
-    save_network_atomically(trainer.network, config, str(target))
+    if chief:
+        save_network_atomically(trainer.network, config, str(run_dir / "final.keras"))
     if best.best is None:  # no finite metric ever: best = final
         save_best()
     return RunResult(trainer, history, run_dir)
@@ -327,12 +328,6 @@ def tensorboard_available() -> bool:
               file=sys.stderr)
         return False
     return True
-
-
-def _scratch() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="cfdrnn-worker-")
 
 
 def make_datasets(args, config, train_faces, val_faces, global_batch, start_batch):
