@@ -25,7 +25,7 @@ from data_pipelines.geometry import crop_matrix, invert, transform_points, warp_
 from data_pipelines.images import ImageReadError, read_image
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_MODEL = ASSETS / "cfdrnn_lite.keras"
+DEFAULT_MODEL = ASSETS / "cfdrnn_mobile.keras"  # the `mobile` preset, trained as docs/MODEL_CARD.md says
 CROP_MARGIN = 1.25
 NUM_LANDMARKS = 68
 

@@ -22,15 +22,10 @@ FILE_NAMES = {SAVED_MODEL: "saved_model", **{fmt: f"cfdrnn_{fmt[len('tflite_'):]
 
 
 def default_model_path() -> Path:
-    """The packaged trained model (it may not exist yet in a development checkout).
+    """The packaged trained model; `cfdrnn_keras.inference` is the one place that names it."""
+    from cfdrnn_keras.inference import default_model_path as packaged
 
-    Located without importing `cfdrnn_keras`, so `--help` does not start TensorFlow.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("cfdrnn_keras")
-    package = Path(spec.origin).parent if spec and spec.origin else Path(__file__).resolve().parents[1] / "cfdrnn_keras"
-    return package / "assets" / "cfdrnn_lite.keras"
+    return packaged()
 
 
 def default_calibration_root() -> Path | None:

@@ -38,7 +38,7 @@ from export import FORMATS, default_calibration_root, default_model_path, parse_
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None,
-                        help=f"a .keras model (default: the packaged model, {default_model_path()})")
+                        help="a .keras model (default: the model packaged in cfdrnn_keras/assets)")
     parser.add_argument("--out", default="exported", help="output folder (default: exported)")
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help=f"comma-separated formats (default: all: {','.join(FORMATS)})")
