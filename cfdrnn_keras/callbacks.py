@@ -259,7 +259,9 @@ def read_history(path: str) -> list[dict]:
 
 
 def plot_history(rows: list[dict], path: str) -> None:
-    """`curves.png`: total and per-head losses (log scale, train solid / validation dashed), NME in %."""
+    """`curves.png`: total, heat-map and offset losses (log scale; training solid, validation dashed)
+    and the NME in %. The heat-map and offset curves are the means over the four levels; every
+    level's own loss is in history.csv and TensorBoard."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,28 +270,37 @@ def plot_history(rows: list[dict], path: str) -> None:
     if not rows:
         return
     epochs = [row["epoch"] for row in rows]
-    figure, (losses, nme) = plt.subplots(1, 2, figsize=(12, 4.5))
-    keys = ["loss"] + [key for key in rows[-1] if key.endswith("_loss") and not key.startswith("val_")]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, key in enumerate(keys):
-        color = colors[index % len(colors)]
+
+    def series(row, prefix, group):
+        if group == "loss":
+            return row.get(prefix + "loss", np.nan)
+        values = [row.get(f"{prefix}{group}_{j}_loss") for j in range(1, 5)]
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else np.nan
+
+    figure, (losses, nme) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = {"loss": "total (weighted)", "heatmaps": "heat-maps (mean of 4)", "delta": "offsets (mean of 4)"}
+    for color, group in zip(("black", "tab:blue", "tab:red"), labels):
         for prefix, style in (("", "-"), ("val_", "--")):
-            values = [row.get(prefix + key, np.nan) for row in rows]
+            values = [series(row, prefix, group) for row in rows]
             if np.isfinite(values).any():
-                losses.plot(epochs, values, style, color=color, label=prefix + key, linewidth=2 if key == "loss" else 1)
+                losses.plot(epochs, values, style, color=color, marker="o", markersize=3,
+                            label=("validation " if prefix else "training ") + labels[group])
     losses.set_yscale("log")
     losses.set_xlabel("epoch")
-    losses.set_title("losses (solid: training, dashed: validation)")
-    losses.legend(fontsize=7, ncol=2)
+    losses.set_title("losses")
+    losses.grid(alpha=0.3, which="both")
+    losses.legend(fontsize=7)
     for key, style in (("nme", "-"), ("val_nme", "--")):
         values = [100.0 * row.get(key, np.nan) for row in rows]
         if np.isfinite(values).any():
-            nme.plot(epochs, values, style, marker="o", markersize=3, label=key)
+            nme.plot(epochs, values, style, marker="o", markersize=3,
+                     label="validation" if key.startswith("val_") else "training (augmented, train mode)")
     nme.set_xlabel("epoch")
     nme.set_ylabel("inter-ocular NME (%)")
-    nme.set_title("NME (training: augmented, train mode)")
+    nme.set_title("NME")
     nme.grid(alpha=0.3)
-    nme.legend()
+    nme.legend(fontsize=8)
     figure.tight_layout()
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)

@@ -123,6 +123,8 @@ class Recipe:
     `final_fraction` × `learning_rate` at the last epoch.
     weight_decay_mode "l2": coupled, gradient += wd·w before momentum (MatConvNet's `weightDecay`),
     on convolution kernels; "decoupled": AdamW-style w -= lr·wd·w, batch-norm γ/β excluded.
+    heatmap_loss_weight / delta_loss_weight: default weights of the two kinds of head (the CLI can
+    override them per level).
     """
 
     name: str
@@ -139,6 +141,8 @@ class Recipe:
     warmup_epochs: float = 0.0
     final_fraction: float = 0.0
     clipnorm: float | None = None
+    heatmap_loss_weight: float = 1.0
+    delta_loss_weight: float = 1.0
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
@@ -153,10 +157,14 @@ RECIPES = {
         name="paper", optimizer="sgd", learning_rate=1e-5, batch_size=2, epochs=1000, weight_decay=5e-4,
         weight_decay_mode="l2", momentum=0.9, schedule="steps", boundaries=(30, 35), values=(5e-6, 1e-6),
     ),
-    # Converges in tens of epochs on a CPU (evidence in docs/TRAINING.md).
+    # Converges in tens of epochs on a CPU (evidence in docs/TRAINING.md). The offsets' loss is
+    # weighted 0.05: far from convergence it is 30–200× the heat-map loss and would otherwise steer
+    # the shared layers alone, so the heat-maps (and with them the coarse points) learn late; with
+    # Adam the weight does not slow the landmark-level branches, whose only gradient it is.
     "practical": Recipe(
         name="practical", optimizer="adamw", learning_rate=1e-3, batch_size=8, epochs=60, weight_decay=1e-4,
         weight_decay_mode="decoupled", schedule="warmup_cosine", warmup_epochs=1.0, final_fraction=0.01,
+        delta_loss_weight=0.05,
     ),
 }
 

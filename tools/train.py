@@ -83,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--weight-decay", type=float, default=None, help="override the recipe's weight decay")
     optim.add_argument("--steps-per-epoch", type=int, default=0,
                        help="batches per epoch; 0 = one pass over the training faces")
-    optim.add_argument("--heatmap-loss-weight", default="1",
-                       help="weight of the heat-map L2 terms: one number, or four comma-separated (H1..H4)")
-    optim.add_argument("--delta-loss-weight", default="1",
-                       help="weight of the offset L2 terms: one number, or four comma-separated (ΔL1..ΔL4)")
+    optim.add_argument("--heatmap-loss-weight", default=None,
+                       help="weight of the heat-map L2 terms: one number, or four comma-separated (H1..H4); "
+                            "default: the recipe's (1)")
+    optim.add_argument("--delta-loss-weight", default=None,
+                       help="weight of the offset L2 terms: one number, or four comma-separated (ΔL1..ΔL4); "
+                            "default: the recipe's (paper 1, practical 0.05)")
     optim.add_argument("--bn-momentum", type=float, default=None,
                        help="moving-average momentum of every batch norm (default: Keras's 0.99); lower it "
                             "(e.g. 0.9) for runs of a few hundred steps, so inference-mode statistics settle")
@@ -245,7 +247,9 @@ def run(args, extra_callbacks=()) -> RunResult:
     try:
         config = model_config(args)
         recipe = recipe_for(args)
-        loss_weights = LossWeights.parse(args.heatmap_loss_weight, args.delta_loss_weight)
+        loss_weights = LossWeights.parse(
+            recipe.heatmap_loss_weight if args.heatmap_loss_weight is None else args.heatmap_loss_weight,
+            recipe.delta_loss_weight if args.delta_loss_weight is None else args.delta_loss_weight)
         precision = resolve_precision(args.precision)
     except ValueError as error:
         raise TrainingError(str(error)) from None
@@ -278,7 +282,7 @@ def run(args, extra_callbacks=()) -> RunResult:
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_description(run_dir, args, config, recipe, precision, strategy, global_batch, steps,
-                              train_faces, val_faces)
+                              train_faces, val_faces, loss_weights)
     monitor = "val_nme" if val_faces else "nme"
     print(f"training {len(train_faces)} faces, validating {len(val_faces)}; {config.width:g}-width network, "
           f"{precision}, {strategy.num_replicas_in_sync} replica(s), global batch {global_batch}, "
@@ -362,7 +366,8 @@ def make_datasets(args, config, train_faces, val_faces, global_batch, start_batc
     return train, val
 
 
-def write_run_description(run_dir, args, config, recipe, precision, strategy, global_batch, steps, train, val):
+def write_run_description(run_dir, args, config, recipe, precision, strategy, global_batch, steps, train, val,
+                          loss_weights):
     import keras
     import tensorflow as tf
 
@@ -371,6 +376,7 @@ def write_run_description(run_dir, args, config, recipe, precision, strategy, gl
     description = {
         "model": config.to_dict(),
         "recipe": recipe.to_dict(),
+        "loss_weights": loss_weights.by_head(),
         "options": {key: value for key, value in vars(args).items()},
         "precision": precision,
         "strategy": args.strategy,
