@@ -9,8 +9,9 @@ Decisions where the issue is silent:
 * the input stays uint8 in every variant (a camera frame's own type; the /255 − 0.5 scaling is part
   of the graph), so the full-integer model needs no input quantisation parameters;
 * the full-integer model keeps float32 outputs: landmarks are sub-pixel coordinates in [0, 256) and an
-  int8 output would quantise them to 1-pixel steps. Its weights and activations are int8 (operators
-  without an int8 kernel may stay float: the converter may use TFLITE_BUILTINS as the fall-back);
+  int8 output would quantise them to 1-pixel steps. Its weights and activations are int8 except the
+  last heat-map 1×1 convolution and the decoder (`float_heatmap_head`: int8 heat-maps make the argmax
+  tie); TFLITE_BUILTINS is the fall-back for those;
 * calibration uses real face crops (the training crop: 68-point box, margin 1.25), never noise,
   because the activation ranges of a landmark network depend on seeing faces.
 """
@@ -58,6 +59,41 @@ def configure_converter(converter: tf.lite.TFLiteConverter, fmt: str, representa
     return converter
 
 
+def float_heatmap_head(model: keras.Model) -> list[str]:
+    """Name patterns of the layers kept in float in the full-integer file: the last heat-map 1×1
+    convolution (with its batch norm and ReLU) and the decoder.
+
+    Why: the final heat-maps quantised to int8 keep about a dozen distinct levels, so the argmax of
+    Eq. 4 ties between neighbouring pixels and, on faint heat-maps, falls back to pixel (0, 0). On the
+    packaged model this cost +0.55 points of NME against +0.03 with this one convolution in float
+    (about 0.1 % of the FLOPs; docs/DEPLOYMENT.md).
+    """
+    decoder = model.get_layer("decoder")
+    layer = decoder._inbound_nodes[0].parent_nodes[0].operation  # the `heatmaps_4` activation
+    while not isinstance(layer, keras.layers.Conv2D):
+        layer = layer._inbound_nodes[0].parent_nodes[0].operation
+    return [f"{layer.name}_", f"{decoder.name}_"]
+
+
+def _tensor_names(saved_model_dir) -> list[str]:
+    """Tensor names of the float conversion (the names the quantisation debugger's denylist uses)."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[SIGNATURE])
+    from ai_edge_litert.interpreter import Interpreter
+
+    return [detail["name"] for detail in Interpreter(model_content=converter.convert()).get_tensor_details()]
+
+
+def _full_integer_with_float_head(converter, saved_model_dir, keep_float: list[str]) -> bytes:
+    names = [name for name in _tensor_names(saved_model_dir) if any(pattern in name for pattern in keep_float)]
+    if not names:
+        raise ValueError(f"none of the layers {keep_float} found in the converted graph")
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=converter.representative_dataset, debug_options=options
+    )
+    return debugger.get_nondebug_quantized_model()
+
+
 def convert(model: keras.Model, fmt: str, representative_crops=None, saved_model_dir=None) -> bytes:
     """The `.tflite` flatbuffer of `model` in format `fmt` (raises if it would need non-builtin ops).
 
@@ -71,7 +107,10 @@ def convert(model: keras.Model, fmt: str, representative_crops=None, saved_model
     configure_converter(converter, fmt, representative_crops)
     with warnings.catch_warnings():  # the calibrator runs TF's own deprecated tf.lite.Interpreter
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        content = converter.convert()
+        if fmt == "tflite_int8_full":
+            content = _full_integer_with_float_head(converter, saved_model_dir, float_heatmap_head(model))
+        else:
+            content = converter.convert()
     problems = builtin_only_problems(content)
     if problems:
         raise ValueError(f"{fmt}: the TFLite model needs non-builtin operators: {', '.join(problems)}")

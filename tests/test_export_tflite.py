@@ -125,9 +125,11 @@ def test_quantised_files_really_are_quantised(exported):
     convs = _operand_types(out / FILE_NAMES["tflite_int8"], "CONV_2D")
     assert all(types[0] == np.float32 for types in convs)
     assert sum(types[1] == np.int8 for types in convs) >= len(convs) // 3
-    # full integer: int8 activations and weights (the uint8 input is cast and quantised once).
+    # full integer: int8 activations and weights (the uint8 input is cast and quantised once), except
+    # the one 1×1 convolution that makes the final heat-maps (kept float so their argmax does not tie).
     convs = _operand_types(out / FILE_NAMES["tflite_int8_full"], "CONV_2D")
-    assert convs and all(types[0] == np.int8 and types[1] == np.int8 for types in convs)
+    integer = [types for types in convs if types[0] == np.int8 and types[1] == np.int8]
+    assert len(convs) > 20 and len(integer) == len(convs) - 1
 
 
 @pytest.mark.parametrize(

@@ -181,17 +181,17 @@ def _dlib_available() -> bool:
         return False
 
 
-def _timed_crop(calibration_root):
-    """One real face crop (uint8) and calibration crops, or a noise crop and none."""
+def _timed_crop(calibration_root, size: int):
+    """One real face crop (uint8, size²) and calibration crops, or a noise crop and none."""
     import numpy as np
 
     from export.tflite import face_crops
 
     if calibration_root:
-        crops, _ = face_crops(calibration_root, 17)
+        crops, _ = face_crops(calibration_root, 17, size)
         if len(crops):
             return crops[0], crops[1:]
-    return np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8), None
+    return np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8), None
 
 
 def prepare_preset(preset: str, folder: Path, calibration, skip: set, log) -> tuple[list, dict]:
@@ -289,27 +289,28 @@ def main(argv=None) -> int:
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
-    crop, calibration = _timed_crop(calibration_root)
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "load_average_start": os.getloadavg()},
         "runs": args.runs, "warmup": args.warmup, "batch": 1, "threads": threads,
-        "timed_crop": "real face crop" if calibration is not None else "noise crop",
+        "timed_crop": "real face crop" if calibration_root else "noise crop",
         "onednn": args.onednn,
         "rows": [],
     }
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        np.save(folder / "crop.npy", crop)
         for preset in presets:
+            crop, calibration = _timed_crop(calibration_root, cfdrnn_keras.get_preset(preset).input_size)
+            crop_path = folder / f"{preset}_crop.npy"
+            np.save(crop_path, crop)
             rows, static = prepare_preset(preset, folder, calibration, skip, log)
             if "dlib" not in skip and _dlib_available() and preset == presets[0]:
                 photo, box = _dlib_photo(calibration_root)
                 np.save(folder / "photo.npy", photo)
                 rows.append({"name": "dlib_68", "kind": "dlib", "photo": str(folder / "photo.npy"), "box": box})
             spec = folder / f"{preset}_spec.json"
-            spec.write_text(json.dumps({"crop": str(folder / "crop.npy"), "rows": rows,
+            spec.write_text(json.dumps({"crop": str(crop_path), "rows": rows,
                                         "runs": args.runs, "warmup": args.warmup}))
             timings = {}
             for count in threads:
