@@ -23,7 +23,10 @@ from cfdrnn_keras import build_cfdrnn, get_preset
 from data_pipelines import geometry
 from data_pipelines.images import decode_image_bytes
 from data_pipelines.pts import read_pts
+from export import default_model_path
 from export.saved_model import (
+    _area_shrink,
+    crop_size_of,
     export_saved_model,
     inference_model,
     tf_crop_matrices,
@@ -75,7 +78,11 @@ def serve_in_fresh_process(saved_model_dir, bodies, tmp_path) -> dict:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A tiny untrained CFDRNN, written to and read back from a .keras file as a user's model would be."""
+    """The packaged trained model (its smooth offsets are what a client gets); else a tiny untrained
+    CFDRNN written to and read back from a .keras file."""
+    packaged = default_model_path()
+    if packaged.exists():
+        return keras.saving.load_model(packaged, safe_mode=True)
     keras.utils.set_random_seed(6)
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
     build_cfdrnn(get_preset("lite").replace(width=0.0625)).save(path)
@@ -89,11 +96,12 @@ def saved_model_dir(model, tmp_path_factory):
 
 def keras_points_in_photo(model, data: bytes, box) -> np.ndarray:
     """The Python path: decode, crop with data_pipelines.geometry, Keras model, map back."""
+    size = crop_size_of(model)
     image = decode_image_bytes(data)
-    matrix = geometry.crop_matrix(box, 256, margin=1.25)
-    crop = geometry.warp_to_crop(image, matrix, 256)
+    matrix = geometry.crop_matrix(box, size, margin=1.25)
+    crop = geometry.warp_to_crop(image, matrix, size)
     points = inference_model(model)(crop[None].astype("float32") / 255.0 - 0.5, training=False)["landmarks"]
-    return geometry.transform_points(geometry.invert(matrix), np.asarray(points)[0] * 256.0)
+    return geometry.transform_points(geometry.invert(matrix), np.asarray(points)[0] * size)
 
 
 def photos_with_boxes(shared_data_root):
@@ -121,10 +129,11 @@ def _shared_root():
 
 def test_rest_requests_in_fresh_process_match_keras(model, saved_model_dir, tmp_path):
     photos = photos_with_boxes(_shared_root())
-    # The real faces: uint8 crops for serving_default, cut by the Python path.
+    size = crop_size_of(model)
+    # uint8 crops for serving_default, cut by the Python path.
     crops = []
     for _, data, box in photos[:3]:
-        crops.append(geometry.warp_to_crop(decode_image_bytes(data), geometry.crop_matrix(box, 256, 1.25), 256))
+        crops.append(geometry.warp_to_crop(decode_image_bytes(data), geometry.crop_matrix(box, size, 1.25), size))
     bodies = [
         serving.image_request([data for _, data, _ in photos], [box for _, _, box in photos]),
         serving.crops_request(crops),
@@ -143,7 +152,7 @@ def test_rest_requests_in_fresh_process_match_keras(model, saved_model_dir, tmp_
 
     keras_crops = inference_model(model)(np.stack(crops).astype("float32") / 255.0 - 0.5, training=False)
     for index, prediction in enumerate(crops_reply["predictions"]):
-        expected = np.asarray(keras_crops["landmarks"][index]) * 256.0
+        expected = np.asarray(keras_crops["landmarks"][index]) * size
         np.testing.assert_allclose(prediction["landmarks"], expected, atol=TOLERANCE_PX)
         np.testing.assert_allclose(prediction["confidence"], keras_crops["confidence"][index], rtol=1e-4, atol=1e-6)
 
@@ -180,6 +189,20 @@ def test_tf_warp_equals_opencv_warp(box):
     assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     if box[0] > 300:
         assert (expected[-10:, -10:] == 0).all(), "outside the photo should be black"
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.3, 0.45, 0.123])
+def test_area_shrink_equals_opencv_inter_area(factor):
+    import cv2
+
+    image = decode_image_bytes(ASTRONAUT.read_bytes())
+    size = (max(1, round(512 * factor)), max(1, round(512 * factor)))
+    expected = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(int)
+    got = _area_shrink(tf.constant(image), size[1], size[0]).numpy()
+    # OpenCV rounds its 2× shrink half up, other scales half to even (as tf_warp_to_crop does).
+    got = np.floor(got + 0.5) if factor == 0.5 else np.round(got)
+    difference = np.abs(got - expected)
+    assert difference.max() <= 1 and (difference > 0).mean() < 5e-4
 
 
 def test_jpeg_decode_equals_opencv(tmp_path):
