@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on
+# an AVX2-only CPU training is 3-4x slower without them (docs/TRAINING.md). Respect an explicit
+# setting; this must happen before TensorFlow is imported.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -69,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--width", type=float, default=None, help="override the preset's width multiplier")
     model.add_argument("--input-size", type=int, default=None,
                        help="override the crop side (a multiple of 64; the paper uses 256)")
+    model.add_argument("--batchnorm", choices=("fused", "keras"), default=None,
+                       help="batch-norm layer: TensorFlow's fused kernel or Keras's layer (same weights); "
+                            "default: the preset's (fused). Keras's is faster on CPUs without AMX (docs/TRAINING.md)")
     model.add_argument("--init-weights", default=None, metavar="PATH",
                        help="start from a saved network (.keras or .weights.h5 of the same configuration)")
 
@@ -119,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Options that describe the run itself: on --resume, the saved values are used unless given again.
 RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "cache", "preset", "width",
-             "input_size", "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
+             "input_size", "batchnorm",
+             "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
              "heatmap_loss_weight", "delta_loss_weight", "bn_momentum", "no_head_init", "seed", "precision", "shard_policy")
 
 
@@ -185,6 +193,8 @@ def model_config(args):
         changes["width"] = args.width
     if args.input_size is not None:
         changes["input_size"] = args.input_size
+    if args.batchnorm is not None:
+        changes["fused_batchnorm"] = args.batchnorm == "fused"
     return config.replace(**changes) if changes else config
 
 
@@ -385,6 +395,7 @@ def write_run_description(run_dir, args, config, recipe, precision, strategy, gl
         "steps_per_epoch": steps,
         "faces": {"train": len(train), "validation": len(val)},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "environment": {key: os.environ.get(key) for key in ("TF_ENABLE_ONEDNN_OPTS", "TF_CONFIG")},
     }
     write_text_atomically(str(run_dir / "config.json"), json.dumps(description, indent=2, sort_keys=True))
     split = {"train": [f.pts_path for f in train], "validation": [f.pts_path for f in val]}
