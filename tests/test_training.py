@@ -176,3 +176,23 @@ def test_a_tiny_network_learns_eight_real_faces(shared_data):
     assert np.mean(per_step[-5:]) < 0.6 * per_step[0]
     assert nme_after < 0.75 * nme_before
     assert current_learning_rate(trainer.optimizer) < 3e-3 * 0.01 + 1e-6  # cosine reached its floor
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    import json
+
+    from cfdrnn_keras.callbacks import EpochCheckpoint, StopOnNaN
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    x = np.ones((8, 3), np.float32)
+    y = np.ones((8, 1), np.float32)
+    y[5] = np.nan  # batches of 2, 2 per epoch: sample 5 is in the first batch of epoch 2
+    stop = StopOnNaN()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    model.fit(dataset, epochs=5, steps_per_epoch=2, verbose=0, callbacks=[stop, EpochCheckpoint(str(tmp_path))])
+    assert model.stop_training
+    assert stop.message.startswith("training stopped: the loss became nan at epoch 2, batch 1")
+    assert "--learning-rate" in stop.message and "--resume" in stop.message
+    state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["iterations"] == 2  # the diverged epoch 2 was not saved
