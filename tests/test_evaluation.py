@@ -296,6 +296,34 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
 
 
+def test_held_out_evaluates_exactly_the_faces_a_training_run_kept_out(tmp_path, shared_data, tiny_model_path):
+    from tools.evaluate import main
+
+    faces = find_faces([shared_data / "300w" / "helen" / "trainset"])
+    validation = [faces[7].pts_path, faces[2].pts_path]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [faces[0].pts_path], "validation": validation}))
+    out = tmp_path / "held_out.json"
+    assert main(["--held-out", str(split), "--model", str(tiny_model_path), "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert sorted(entry["file"] for entry in report["per_image"]) == sorted([faces[7].image_path, faces[2].image_path])
+    assert report["subsets"]["all"]["n"] == 2
+
+
+def test_held_out_split_errors_are_one_line(tmp_path, capsys):
+    from tools.evaluate import main
+
+    not_a_split = tmp_path / "other.json"
+    not_a_split.write_text(json.dumps({"model": "x"}))
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({"validation": [str(tmp_path / "gone" / "face.pts")]}))
+    for path in (tmp_path / "absent.json", not_a_split, stale):
+        assert main(["--held-out", str(path), "--quiet"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
+    assert "no \"validation\" list" in errors[1] and "1 of its 1 validation faces are not found" in errors[2]
+
+
 @pytest.mark.slow  # the TFLite conversion alone takes 10-30 s on the 2 shared cores
 def test_tflite_engine_gives_the_keras_landmarks(tiny_model_path):
     import keras

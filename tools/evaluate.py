@@ -3,6 +3,7 @@ failure rate, CED curves, beside the CFDRNN paper's figures (Tables 5-7; DESIGN.
 
     python tools/evaluate.py --data ../300W --model model.keras --json eval.json --plots plots/
     python tools/evaluate.py --data ../shared/data/300w --model m.keras --limit 554 --json eval.json
+    python tools/evaluate.py --held-out runs/mobile/split.json --model runs/mobile/best.keras --json val.json
     python tools/evaluate.py --compare run_a.json run_b.json --plots plots/
 
 Every folder is searched for image + .pts pairs. 300-W test folders are grouped as the papers do:
@@ -26,6 +27,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=[], metavar="DIR",
                         help="folders (or single .pts files) with annotated faces; needed unless --compare")
+    parser.add_argument("--held-out", default=None, metavar="SPLIT.json",
+                        help="also evaluate the validation faces that a training run held out (its RUN_DIR/"
+                             "split.json from tools/train.py), so a model is scored on exactly the faces it "
+                             "never trained on")
     parser.add_argument("--model", default=None, metavar="PATH",
                         help="a .keras file, a SavedModel folder or a .tflite file (default: the trained model that "
                              "ships in the package)")
@@ -73,12 +78,34 @@ def compare(args) -> int:
     return 0
 
 
+def held_out_faces(split_path) -> list[str]:
+    """The .pts paths a training run held out for validation (the "validation" list of its split.json)."""
+    try:
+        split = json.loads(Path(split_path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{split_path}: cannot read the split: {error}") from None
+    faces = split.get("validation") if isinstance(split, dict) else None
+    if not isinstance(faces, list) or not faces:
+        raise ValueError(f"{split_path}: no \"validation\" list of faces (not a split.json of tools/train.py?)")
+    missing = [path for path in faces if not Path(path).is_file()]
+    if missing:
+        raise ValueError(f"{split_path}: {len(missing)} of its {len(faces)} validation faces are not found, e.g. "
+                         f"{missing[0]} (paths are relative to the folder training ran in)")
+    return [str(path) for path in faces]
+
+
 def evaluate(args) -> int:
     from cfdrnn_keras import evaluation as ev
     from cfdrnn_keras.plots import plot_run
 
+    if args.held_out:
+        try:
+            args.data = list(args.data) + held_out_faces(args.held_out)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if not args.data:
-        print("error: --data DIR is needed (or --compare A.json B.json)", file=sys.stderr)
+        print("error: --data DIR or --held-out SPLIT.json is needed (or --compare A.json B.json)", file=sys.stderr)
         return 2
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         print("error: --batch-size and --limit must be at least 1", file=sys.stderr)
