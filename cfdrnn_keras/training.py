@@ -15,6 +15,7 @@ import keras
 from keras import ops
 
 from .config import CFDRNNConfig
+from .machine import cpu_has_bf16  # noqa: F401  (re-exported; picks the precision)
 from .losses import HEADS, LossWeights, cfdrnn_losses, interocular_nme, total_loss
 from .network import build_cfdrnn
 
@@ -231,23 +232,6 @@ def current_learning_rate(optimizer) -> float:
 # ----------------------------------------------------------------------------------------------
 # Precision
 # ----------------------------------------------------------------------------------------------
-def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True where the CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16).
-
-    Without them oneDNN emulates bf16 and mixed_bfloat16 is several times SLOWER than float32
-    (measured on an AVX2-only AMD EPYC: > 7 s/face against 2 s/face, docs/TRAINING.md).
-    """
-    try:
-        with open(cpuinfo) as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return False
-
-
 def resolve_precision(precision: str) -> str:
     """"auto" → "bf16" on a GPU or a CPU with native bf16, else "fp32"; others pass through."""
     if precision not in ("auto", "bf16", "fp32"):

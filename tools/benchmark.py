@@ -289,9 +289,11 @@ def main(argv=None) -> int:
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
+    from cfdrnn_keras.machine import machine_info
+
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "load_average_start": os.getloadavg()},
+        "machine": machine_info(),
         "runs": args.runs, "warmup": args.warmup, "batch": 1, "threads": threads,
         "timed_crop": "real face crop" if calibration_root else "noise crop",
         "onednn": args.onednn,
@@ -350,16 +352,6 @@ def _run_worker_process(spec: Path, threads: int, onednn: str) -> dict:
     except (IndexError, json.JSONDecodeError):
         print(f"benchmark: worker at {threads} thread(s) failed (exit {result.returncode})", file=sys.stderr)
         return {}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _dlib_model_size() -> int | None:

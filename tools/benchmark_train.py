@@ -217,10 +217,11 @@ def main(argv=None) -> int:
         print(f"benchmark_train: {error}", file=sys.stderr)
         return 2
 
+    from cfdrnn_keras.machine import machine_info
+
     report = {
         "command": " ".join(["benchmark_train.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "bf16_native": _bf16_native(),
-                    "load_average_start": os.getloadavg()},
+        "machine": machine_info(),
         "goal": GOAL,
         "rows": [],
     }
@@ -252,22 +253,6 @@ def main(argv=None) -> int:
     print(f"load average (1/5/15 min) at start {report['machine']['load_average_start']}, "
           f"at end {report['machine']['load_average_end']}; wrote {args.json_path}")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def _bf16_native() -> bool:
-    from cfdrnn_keras.training import cpu_has_bf16
-
-    return cpu_has_bf16()
 
 
 if __name__ == "__main__":
