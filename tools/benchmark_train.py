@@ -12,6 +12,11 @@ median of the next `--batches` is reported. The forward pass (inference mode, sa
 precision) is timed the same way, so the ratio training / forward is visible (about 3 is the
 arithmetic: a backward pass costs two forwards).
 
+`--data DIR` adds, for every configuration, the same measurement on real faces fed by the stream
+`tools/train.py` uses (crops decoded once and cached, augmentation and heat-map encoding per batch in
+tf.data): where its ms/face matches the synthetic row's, the input pipeline keeps up with training.
+`--batch-size 4,8,16` compares batch sizes.
+
 `--batchnorm fused,keras` compares the network's FusedBatchNormalization with Keras's own layer
 (`CFDRNNConfig.fused_batchnorm=False`). Each configuration runs in its own process, so one's compiled
 graphs and memory cannot slow the next. Prints a Markdown table and writes JSON.
@@ -41,7 +46,15 @@ def parse_args(argv=None):
     parser.add_argument("--preset", default="paper,lite", help="comma-separated presets (default: paper,lite)")
     parser.add_argument("--json", dest="json_path", default="benchmark_train.json",
                         help="write the results here (default: benchmark_train.json)")
-    parser.add_argument("--batch-size", type=int, default=8, help="faces per training batch (default: 8)")
+    parser.add_argument("--batch-size", default="8",
+                        help="comma-separated faces per training batch, e.g. 4,8,16 (default: 8)")
+    parser.add_argument("--width", type=float, default=None, help="override the presets' width multiplier")
+    parser.add_argument("--input-size", type=int, default=None, help="override the presets' input size")
+    parser.add_argument("--data", nargs="+", default=None, metavar="DIR",
+                        help="also time training on the real faces of these 300-W folders (their training split), "
+                             "fed as tools/train.py feeds them; default: synthetic batches only")
+    parser.add_argument("--faces", type=int, default=256,
+                        help="with --data: use this many faces (the first ones found; 0 = all) (default: 256)")
     parser.add_argument("--precision", default="bf16,fp32",
                         help="comma-separated: bf16 (Keras mixed_bfloat16) and/or fp32 (default: bf16,fp32)")
     parser.add_argument("--batchnorm", default="fused,keras",
@@ -88,13 +101,17 @@ def run_worker(spec: dict) -> dict:
 
     batch = spec["batch_size"]
     set_precision(spec["precision"])
-    config = get_preset(spec["preset"]).replace(fused_batchnorm=spec["batchnorm"] == "fused")
+    overrides = {key: spec[key] for key in ("width", "input_size") if spec.get(key) is not None}
+    config = get_preset(spec["preset"]).replace(fused_batchnorm=spec["batchnorm"] == "fused", **overrides)
     recipe = get_recipe(spec["recipe"]).replace(batch_size=batch)
     steps = 1 + spec["warmup_batches"] + spec["batches"]
     keras.utils.set_random_seed(0)
     trainer = build_trainer(config, recipe, steps_per_epoch=steps)
     images, targets = synthetic_batch(config, batch)
-    dataset = tf.data.Dataset.from_tensors((images, targets)).repeat()
+    if spec.get("input", "synthetic") == "synthetic":
+        dataset = tf.data.Dataset.from_tensors((images, targets)).repeat()
+    else:
+        dataset = real_training_stream(spec["data"], spec["faces"], config, batch)
 
     class BatchClock(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -125,6 +142,9 @@ def run_worker(spec: dict) -> dict:
     loss = float(history.history["loss"][-1])
     return {
         **{key: spec[key] for key in ("preset", "precision", "batchnorm", "batch_size", "onednn")},
+        "input": spec.get("input", "synthetic"),
+        "width": config.width,
+        "input_size": config.input_size,
         "onednn_enabled": onednn_enabled(),
         "train_ms_per_face": train_ms,
         "faces_per_second": 1000.0 / train_ms,
@@ -136,6 +156,20 @@ def run_worker(spec: dict) -> dict:
         "fit_seconds": fit_seconds,
         "final_loss": loss if np.isfinite(loss) else None,
     }
+
+
+def real_training_stream(roots, max_faces: int, config, batch_size: int):
+    """The batches `tools/train.py` trains on: cached loose crops, default augmentation, endless."""
+    from cfdrnn_keras.training import resumable_training_dataset
+    from data_pipelines.augment import AugmentConfig
+    from data_pipelines.discovery import load_split
+
+    faces = list(load_split("train", roots).faces)
+    if max_faces:
+        faces = faces[:max_faces]
+    if len(faces) < batch_size:
+        raise ValueError(f"{len(faces)} training faces under {' '.join(roots)}: fewer than one batch of {batch_size}")
+    return resumable_training_dataset(faces, config, batch_size=batch_size, augment_config=AugmentConfig(), seed=0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,12 +209,14 @@ def run_configuration(spec: dict) -> dict:
 
 def markdown_table(rows: list) -> str:
     lines = [
-        "| preset | precision | batch norm | oneDNN | batch | train ms/face | faces/s | forward ms/face | train / forward |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| preset | precision | batch norm | oneDNN | batch | input | train ms/face | faces/s | forward ms/face "
+        "| train / forward |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         onednn = {True: "on", False: "off", None: "?"}[row.get("onednn_enabled")] if "error" not in row else row["onednn"]
-        head = f"| {row['preset']} | {row['precision']} | {row['batchnorm']} | {onednn} | {row['batch_size']} |"
+        head = (f"| {row['preset']} | {row['precision']} | {row['batchnorm']} | {onednn} | {row['batch_size']} "
+                f"| {row.get('input', 'synthetic')} |")
         if "error" in row:
             lines.append(f"{head} failed: {row['error']} | | | |")
         else:
@@ -199,6 +235,16 @@ def _split(text: str, allowed=None, name="") -> list:
     return items
 
 
+def _positive_integers(text: str, name: str) -> list:
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"--{name}: expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"--{name}: every value must be at least 1, got {text!r}")
+    return values
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -211,8 +257,17 @@ def main(argv=None) -> int:
         precisions = _split(args.precision, ("bf16", "fp32"), "precision")
         batchnorms = _split(args.batchnorm, ("fused", "keras"), "batchnorm")
         onednn_settings = _split(args.onednn, ("default", "on", "off"), "onednn")
-        if args.batch_size < 1 or args.batches < 1 or args.warmup_batches < 0 or args.forward_runs < 1:
-            raise ValueError("--batch-size, --batches and --forward-runs must be positive, --warmup-batches >= 0")
+        batch_sizes = _positive_integers(args.batch_size, "batch-size")
+        if args.batches < 1 or args.warmup_batches < 0 or args.forward_runs < 1:
+            raise ValueError("--batches and --forward-runs must be positive, --warmup-batches >= 0")
+        inputs = ["synthetic"]
+        if args.data:
+            missing = [root for root in args.data if not Path(root).is_dir()]
+            if missing:
+                raise ValueError(f"--data: no such folder: {', '.join(missing)}")
+            if args.faces < 0:
+                raise ValueError("--faces must be >= 0")
+            inputs.append("real")
     except ValueError as error:
         print(f"benchmark_train: {error}", file=sys.stderr)
         return 2
@@ -226,13 +281,18 @@ def main(argv=None) -> int:
         "rows": [],
     }
     started = time.time()
-    configurations = [(preset, precision, batchnorm, onednn) for preset in presets for precision in precisions
-                      for onednn in onednn_settings for batchnorm in batchnorms]
-    for preset, precision, batchnorm, onednn in configurations:
+    configurations = [(preset, precision, batchnorm, onednn, batch, source) for preset in presets
+                      for precision in precisions for onednn in onednn_settings for batchnorm in batchnorms
+                      for batch in batch_sizes for source in inputs]
+    for preset, precision, batchnorm, onednn, batch, source in configurations:
         spec = {"preset": preset, "precision": precision, "batchnorm": batchnorm, "onednn": onednn,
-                "batch_size": args.batch_size, "batches": args.batches, "warmup_batches": args.warmup_batches,
-                "forward_runs": args.forward_runs, "recipe": args.recipe}
-        print(f"{preset} {precision} {batchnorm} batch norm, oneDNN {onednn} ...", file=sys.stderr, flush=True)
+                "batch_size": batch, "batches": args.batches, "warmup_batches": args.warmup_batches,
+                "forward_runs": args.forward_runs, "recipe": args.recipe, "width": args.width,
+                "input_size": args.input_size, "input": source}
+        if source == "real":
+            spec.update(data=[str(Path(root).resolve()) for root in args.data], faces=args.faces)
+        print(f"{preset} {precision} {batchnorm} batch norm, oneDNN {onednn}, batch {batch}, {source} input ...",
+              file=sys.stderr, flush=True)
         row = run_configuration(spec)
         report["rows"].append(row)
         summary = row.get("error") or f"{row['train_ms_per_face']:.0f} ms/face, {row['faces_per_second']:.2f} faces/s"
@@ -240,7 +300,8 @@ def main(argv=None) -> int:
     report["machine"]["load_average_end"] = os.getloadavg()
     report["wall_seconds"] = round(time.time() - started, 1)
     goal_rows = sorted((r for r in report["rows"] if "error" not in r and r["preset"] == GOAL["preset"]
-                        and r["precision"] == GOAL["precision"] and r["batchnorm"] == "fused"),
+                        and r["precision"] == GOAL["precision"] and r["batchnorm"] == "fused"
+                        and args.width is None and args.input_size is None),
                        key=lambda r: -r["faces_per_second"])
     if goal_rows:
         report["goal_met"] = goal_rows[0]["faces_per_second"] >= GOAL["faces_per_second"]

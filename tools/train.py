@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="decode every photo once and keep the crops in memory, or re-read them each epoch")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", default="lite", help="network configuration: paper (width 1.0) or lite (0.25)")
+    model.add_argument("--preset", default="lite",
+                       help="network configuration: paper (width 1, 256²), lite (width 0.25, 256²) or mobile "
+                            "(width 0.25, 128², the packaged model)")
     model.add_argument("--width", type=float, default=None, help="override the preset's width multiplier")
     model.add_argument("--input-size", type=int, default=None,
                        help="override the crop side (a multiple of 64; the paper uses 256)")
