@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override the crop side (a multiple of 64; the paper uses 256)")
     model.add_argument("--batchnorm", choices=("fused", "keras"), default=None,
                        help="batch-norm layer: TensorFlow's fused kernel or Keras's layer (same weights); "
-                            "default: the preset's (fused). Keras's is faster on CPUs without AMX (docs/TRAINING.md)")
+                            "default: the preset's (fused). Which is faster depends on the CPU and the network "
+                            "(docs/PERFORMANCE.md)")
     model.add_argument("--init-weights", default=None, metavar="PATH",
                        help="start from a saved network (.keras or .weights.h5 of the same configuration)")
 
