@@ -4,6 +4,7 @@ Importing the package registers its custom layers, so `.keras` files load with `
 """
 from .codec import HeatmapDecoder
 from .config import PRESETS, CFDRNNConfig, get_preset
+from .ensemble import EnsembleOptions, build_test_time_model
 from .layers import FusedBatchNormalization
 from .network import OUTPUT_NAMES, build_cfdrnn, config_from_model
 
@@ -11,11 +12,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CFDRNNConfig",
+    "EnsembleOptions",
     "FusedBatchNormalization",
     "HeatmapDecoder",
     "OUTPUT_NAMES",
     "PRESETS",
     "build_cfdrnn",
+    "build_test_time_model",
     "config_from_model",
     "get_preset",
 ]

@@ -161,9 +161,13 @@ def packaged_model_path() -> Path | None:
     return path if path.exists() else None
 
 
-def load_model(path=None):
+def load_model(path=None, ensemble=None):
     """(model, name) for a .keras file (a keras.Model), a SavedModel folder or a .tflite file (an
-    inference backend), or the packaged model when path is None. Problems: one-line EvaluationError."""
+    inference backend), or the packaged model when path is None. Problems: one-line EvaluationError.
+
+    ensemble: how a .keras CFDRNN network runs (`cfdrnn_keras.ensemble.EnsembleOptions`; None: the
+    default, flip test and four-stage average). Exported models run as they were exported.
+    """
     from .inference import ModelLoadError, load_backend
 
     if path is None:
@@ -178,11 +182,18 @@ def load_model(path=None):
         if path.suffix.lower() == ".keras" and path.is_file():
             import keras
 
+            from . import ensemble as ensembles
             from . import network  # noqa: F401  (registers the custom layers for safe loading)
 
-            return keras.saving.load_model(str(path), safe_mode=True), str(path)
-        return load_backend(path), str(path)
-    except ModelLoadError as error:
+            network = keras.saving.load_model(str(path), safe_mode=True)
+            if ensemble is None:
+                ensemble = ensembles.EnsembleOptions() if ensembles.stage_count(network) else ensembles.PLAIN
+            try:
+                return ensembles.for_inference(network, ensemble), str(path)
+            except ValueError as error:
+                raise EvaluationError(f"{path}: {error}") from None
+        return load_backend(path, ensemble), str(path)
+    except (ModelLoadError, EvaluationError) as error:
         raise EvaluationError(str(error)) from None
     except Exception as error:  # a corrupt or foreign file: one line, not a traceback
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -252,6 +263,7 @@ class Evaluation:
     results: list[FaceResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     box: str = "gt"
+    ensemble: dict | None = None  # how the model ran (cfdrnn_keras.ensemble), where known
 
     def errors(self, normalisation: str = "inter_ocular") -> np.ndarray:
         return np.array([result.error(normalisation) for result in self.results], dtype=np.float64)
@@ -276,6 +288,8 @@ class Evaluation:
         io = self.errors("inter_ocular")
         return {
             "model": self.model,
+            "box": self.box,
+            "ensemble": self.ensemble,
             "subsets": self.subsets(),
             "per_image": [
                 {

@@ -48,15 +48,29 @@ def _one_line(error: BaseException) -> str:
 # Backends
 # ----------------------------------------------------------------------------------------------
 class KerasBackend:
-    """A CFDRNN Keras model (input [-0.5, 0.5] floats; outputs `landmarks` normalised, `confidence`)."""
+    """A CFDRNN Keras model (input [-0.5, 0.5] floats; outputs `landmarks` normalised, `confidence`).
 
-    def __init__(self, model):
+    ensemble: how the network runs (`cfdrnn_keras.ensemble`); None = `EnsembleOptions()`, the flip
+    test and the four-stage average, for a CFDRNN graph, and its own `landmarks` output for any other
+    model (one without `heatmaps_j` / `delta_j` outputs, e.g. one already wrapped).
+    """
+
+    def __init__(self, model, ensemble=None):
         import keras
+
+        from . import ensemble as ensembles
 
         if isinstance(model, (str, Path)):
             from . import network  # noqa: F401  (registers the custom layers for safe loading)
 
             model = keras.saving.load_model(str(model), safe_mode=True)
+        if ensemble is None:
+            ensemble = ensembles.EnsembleOptions() if ensembles.stage_count(model) else ensembles.PLAIN
+        try:
+            model = ensembles.for_inference(model, ensemble)
+        except ValueError as error:
+            raise ModelLoadError(f"{error} (pass ensemble=cfdrnn_keras.ensemble.PLAIN)") from None
+        self.ensemble = ensemble
         outputs = model.output
         if not isinstance(outputs, dict) or "landmarks" not in outputs:
             raise ModelLoadError(f"model {model.name!r} has no 'landmarks' output")
@@ -204,20 +218,28 @@ def _dequantise(values: np.ndarray, detail: dict) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def load_backend(model):
+def load_backend(model, ensemble=None):
     """A backend for a path (.keras file, SavedModel directory, .tflite file), a Keras model, or an
-    object that already has `predict_crops`. Problems raise `ModelLoadError` (one line)."""
+    object that already has `predict_crops`. Problems raise `ModelLoadError` (one line).
+
+    ensemble: `cfdrnn_keras.ensemble.EnsembleOptions` for a Keras model (None: its default). A
+    SavedModel or .tflite file runs the way it was exported (`tools/export.py --flip-test/--stages`),
+    so asking for another ensemble there is an error rather than silently ignored.
+    """
     if hasattr(model, "predict_crops"):
         return model
     if not isinstance(model, (str, Path)):
         import keras
 
         if isinstance(model, keras.Model):
-            return KerasBackend(model)
+            return KerasBackend(model, ensemble)
         raise ModelLoadError(f"cannot use a {type(model).__name__} as a model: pass a path or a keras.Model")
     path = Path(model)
     if not path.exists():
         raise ModelLoadError(f"{path}: model not found")
+    if ensemble is not None and (path.is_dir() or path.suffix.lower() == ".tflite"):
+        raise ModelLoadError(f"{path}: an exported model runs the ensemble it was exported with; "
+                             "choose it with tools/export.py --flip-test/--no-flip-test --stages")
     try:
         if path.is_dir():
             if not (path / "saved_model.pb").is_file():
@@ -225,7 +247,7 @@ def load_backend(model):
             return SavedModelBackend(path)
         suffix = path.suffix.lower()
         if suffix == ".keras":
-            return KerasBackend(path)
+            return KerasBackend(path, ensemble)
         if suffix == ".tflite":
             return TFLiteBackend(path)
     except ModelLoadError:
@@ -284,15 +306,19 @@ class LandmarkDetector:
         or any object with `predict_crops` (see the module docstring).
     detector: None (the default BlazeFace `FaceDetector`, loaded on first use), an object with
         `detect(image) -> [(x0, y0, x1, y1[, score])]`, or such a callable.
+    ensemble: for a Keras model, `cfdrnn_keras.ensemble.EnsembleOptions` (None: the flip test and
+        the four-stage average, the most accurate; `ensemble.PLAIN`, the paper's last stage alone,
+        runs twice as fast). Exported models run the ensemble they were exported with.
     """
 
-    def __init__(self, model=None, detector=None, batch_size: int = 8, margin: float = CROP_MARGIN):
+    def __init__(self, model=None, detector=None, batch_size: int = 8, margin: float = CROP_MARGIN,
+                 ensemble=None):
         if model is None:
             model = default_model_path()
             if not Path(model).exists():
                 raise ModelLoadError("no packaged model is present in cfdrnn_keras/assets yet: "
                                      "pass model= (a .keras file, a SavedModel directory or a .tflite file)")
-        self.backend = load_backend(model)
+        self.backend = load_backend(model, ensemble)
         self.input_size = int(getattr(self.backend, "input_size", 256))
         self.batch_size = max(1, int(batch_size))
         self.margin = float(margin)

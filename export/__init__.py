@@ -67,7 +67,7 @@ def inter_ocular_nme_percent(points, ground_truth) -> float:
 
 
 def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, comparison_crops=None,
-                 comparison_points=None, log=print, model_source: str = "") -> dict:
+                 comparison_points=None, log=print, model_source: str = "", ensemble: dict | None = None) -> dict:
     """Write each format into `out_dir`, compare each with the Keras model, write `manifest.json`.
 
     `calibration_crops` (uint8 [K, S, S, 3] real faces) is needed by `tflite_int8_full`;
@@ -96,6 +96,7 @@ def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, com
 
     manifest = {
         "model": model_source,
+        "ensemble": ensemble,
         "crop_size": size,
         "parameters": int(model.count_params()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

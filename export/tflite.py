@@ -59,20 +59,40 @@ def configure_converter(converter: tf.lite.TFLiteConverter, fmt: str, representa
     return converter
 
 
+def _cfdrnn_graph(model: keras.Model) -> keras.Model:
+    """The CFDRNN network inside `model`: itself, or the nested graph a test-time ensemble wraps."""
+    if "decoder" in {layer.name for layer in model.layers}:
+        return model
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and "decoder" in {inner.name for inner in layer.layers}:
+            return layer
+    raise ValueError(f"{model.name}: no CFDRNN network (a `decoder` layer) inside")
+
+
 def float_heatmap_head(model: keras.Model) -> list[str]:
-    """Name patterns of the layers kept in float in the full-integer file: the last heat-map 1×1
-    convolution (with its batch norm and ReLU) and the decoder.
+    """Name patterns of the layers kept in float in the full-integer file: the 1×1 convolution (with
+    its batch norm and ReLU) that makes each heat-map whose argmax is used, and the decoding layers.
 
     Why: the final heat-maps quantised to int8 keep about a dozen distinct levels, so the argmax of
     Eq. 4 ties between neighbouring pixels and, on faint heat-maps, falls back to pixel (0, 0). On the
     packaged model this cost +0.55 points of NME against +0.03 with this one convolution in float
-    (about 0.1 % of the FLOPs; docs/DEPLOYMENT.md).
+    (about 0.1 % of the FLOPs; docs/DEPLOYMENT.md). The four-stage average (cfdrnn_keras.ensemble)
+    takes the argmax of every stage's heat-maps, so all four heads stay in float there.
     """
-    decoder = model.get_layer("decoder")
-    layer = decoder._inbound_nodes[0].parent_nodes[0].operation  # the `heatmaps_4` activation
-    while not isinstance(layer, keras.layers.Conv2D):
-        layer = layer._inbound_nodes[0].parent_nodes[0].operation
-    return [f"{layer.name}_", f"{decoder.name}_"]
+    from cfdrnn_keras.ensemble import MirrorMerge, StageAverage
+    from cfdrnn_keras.network import HEATMAP_OUTPUTS
+
+    network = _cfdrnn_graph(model)
+    decoding = [layer.name for layer in model.layers if isinstance(layer, (StageAverage, MirrorMerge))]
+    averaged = any(isinstance(layer, StageAverage) for layer in model.layers)
+    names = [name for name in HEATMAP_OUTPUTS if name in {layer.name for layer in network.layers}]
+    patterns = []
+    for name in names if averaged else names[-1:]:
+        layer = network.get_layer(name)  # the `heatmaps_j` output activation
+        while not isinstance(layer, keras.layers.Conv2D):
+            layer = layer._inbound_nodes[0].parent_nodes[0].operation
+        patterns.append(f"{layer.name}_")
+    return patterns + [f"{name}_" for name in ["decoder", *decoding]]
 
 
 def _tensor_names(saved_model_dir) -> list[str]:

@@ -259,8 +259,9 @@ def test_cli_report_has_exactly_the_documented_shape(tmp_path, shared_data, tiny
     assert code == 0
     text = out.read_text()
     report = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON {name}"))
-    assert set(report) == {"model", "subsets", "per_image"}
+    assert set(report) == {"model", "box", "ensemble", "subsets", "per_image"}
     assert isinstance(report["model"], str) and report["model"].endswith("tiny.keras")
+    assert report["box"] == "gt" and report["ensemble"] == {"flip": True, "stages": "all"}  # the default
     assert list(report["subsets"]) == ["afw", "all"]  # sorted: the first five faces are all AFW
     for row in report["subsets"].values():
         assert set(row) == {"n", "nme_io", "nme_ip", "auc08_io", "fr08_io"}
@@ -358,10 +359,12 @@ def test_landmark_detector_backends_are_evaluated_like_the_keras_model(tiny_mode
 
     from cfdrnn_keras.inference import LandmarkDetector
 
+    from cfdrnn_keras.ensemble import for_inference
+
     faces = find_faces([samples_dir])[:3]
     model = keras.saving.load_model(tiny_model_path)
-    direct = ev.evaluate_faces(faces, model, batch_size=2)
-    detector = LandmarkDetector(model=model, batch_size=2)
+    direct = ev.evaluate_faces(faces, for_inference(model), batch_size=2)
+    detector = LandmarkDetector(model=model, batch_size=2)  # the same default ensemble
     through_detector = ev.evaluate_faces(faces, detector, batch_size=2)
     for a, b in zip(direct.results, through_detector.results):
         np.testing.assert_allclose(a.pred, b.pred, atol=1e-3)

@@ -66,6 +66,7 @@ def exported(tiny_model_path, shared_data, tmp_path_factory):
     status = _load_cli().main([
         "--model", str(tiny_model_path), "--out", str(out), "--formats", ",".join(TFLITE_FORMATS),
         "--calibration-data", str(shared_data / "300w"), "--calibration-count", "8", "--compare-count", "4",
+        "--no-flip-test", "--stages", "last",  # the bare network here; the ensemble is tested below
     ])
     return status, out
 
@@ -170,6 +171,25 @@ def test_int8_costs_at_most_three_tenths_of_a_point_of_nme(shared_data, tmp_path
         got = TFLiteLandmarks(path)(crops[test])["landmarks"]
         cost = nme(got) - float_nme
         assert cost <= 0.3, f"{fmt}: NME {nme(got):.3f} % against the float model's {float_nme:.3f} %"
+
+
+def test_ensemble_exports_to_builtin_tflite_that_matches_keras(tiny_model_path, faces, tmp_path):
+    """The default export (flip test + four-stage average) converts with builtin ops, agrees with the
+    Keras ensemble in float32, and keeps all four heat-map heads float in the full-integer file."""
+    from cfdrnn_keras.ensemble import for_inference
+    from export.tflite import float_heatmap_head
+
+    model = inference_model(for_inference(keras.saving.load_model(tiny_model_path, safe_mode=True)))
+    patterns = float_heatmap_head(model)
+    assert len(patterns) == 4 + 3 and {"decoder_", "stage_average_", "mirror_merge_"} <= set(patterns)
+    content = convert(model, "tflite_fp32")
+    assert builtin_only_problems(content) == []
+    path = tmp_path / "ensemble.tflite"
+    path.write_bytes(content)
+    crops, _ = faces
+    got = TFLiteLandmarks(path)(crops[:3])["landmarks"]
+    assert got.shape == (3, 68, 2)
+    assert np.abs(got - keras_crop_landmarks(model, crops[:3])).max() <= 0.01
 
 
 def test_builtin_check_catches_flex_ops(tmp_path):

@@ -278,12 +278,13 @@ def test_packaged_model_puts_the_points_on_real_sample_faces(packaged_detector, 
         errors.append(best)
     errors = np.array(errors)
     assert len(errors) == 15
-    # Bounds from the shipped model's measurement (docs/MODEL_CARD.md: annotated boxes mean 4.89 %,
-    # worst 8.3 %; detected boxes median 5.0 %, worst 12.2 %), with margin. Issue 7: every photo
-    # below 15 % with its annotated box. An untrained network scores ~20-60 %.
+    # Bounds from the shipped model's measurement with the default test-time ensemble
+    # (docs/MODEL_CARD.md: annotated boxes mean 4.38 %, worst 7.6 %; detected boxes median 3.8 %,
+    # worst 12.1 %), with about a point of margin. Issue 7: every photo below 15 % with its annotated
+    # box. An untrained network scores ~20-60 %.
     if boxes == "annotated":
-        assert errors.mean() < 0.065, errors
+        assert errors.mean() < 0.055, errors
         assert errors.max() < 0.15, errors
     else:
-        assert np.median(errors) < 0.065, errors
+        assert np.median(errors) < 0.05, errors
         assert errors.max() < 0.18, errors

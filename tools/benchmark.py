@@ -51,6 +51,10 @@ def parse_args(argv=None):
     parser.add_argument("--onednn", choices=("default", "on", "off"), default="default",
                         help="TensorFlow's oneDNN kernels in the workers: default (TensorFlow's choice: on only for "
                              "CPUs with AVX512-VNNI/BF16 or AMX), on (TF_ENABLE_ONEDNN_OPTS=1), off (=0) (default: default)")
+    parser.add_argument("--ensembles", default="plain,default",
+                        help="comma-separated test-time ensembles to time (cfdrnn_keras.ensemble): plain (the "
+                             "last stage alone, the paper's output), default (flip test + four-stage average, "
+                             "what LandmarkDetector and tools/export.py use), flip, stages (default: plain,default)")
     parser.add_argument("--skip", default="",
                         help="comma-separated rows to leave out, e.g. keras_bf16,tflite_int8 (default: none)")
     parser.add_argument("--worker", default=None,
@@ -194,25 +198,40 @@ def _timed_crop(calibration_root, size: int):
     return np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8), None
 
 
-def prepare_preset(preset: str, folder: Path, calibration, skip: set, log) -> tuple[list, dict]:
-    """Build, save and export one preset; return (rows for the workers, static facts per row)."""
+ENSEMBLES = {
+    "plain": {"flip": False, "stages": "last"},
+    "default": {"flip": True, "stages": "all"},
+    "flip": {"flip": True, "stages": "last"},
+    "stages": {"flip": False, "stages": "all"},
+}
+
+
+def prepare_preset(preset: str, folder: Path, calibration, skip: set, log,
+                   ensemble: str = "plain") -> tuple[list, dict]:
+    """Build, save and export one preset run as `ensemble`; return (rows for the workers, static facts)."""
     import keras
 
     import cfdrnn_keras
+    from cfdrnn_keras.ensemble import EnsembleOptions, for_inference
     from cfdrnn_keras.model_stats import total_flops
     from export import directory_size
     from export.saved_model import export_saved_model, inference_model
     from export.tflite import convert, write_crops_saved_model
 
     keras.utils.set_random_seed(0)
-    model = cfdrnn_keras.build_cfdrnn(cfdrnn_keras.get_preset(preset))
+    network = cfdrnn_keras.build_cfdrnn(cfdrnn_keras.get_preset(preset))
+    model = for_inference(network, EnsembleOptions(**ENSEMBLES[ensemble]))
+    if model is not network:
+        skip = skip | {"keras_bf16"}  # the bf16 row rebuilds the bare network from its config
     deployed = inference_model(model)
+    folder = folder / ensemble
+    folder.mkdir(exist_ok=True)
     keras_path = folder / f"{preset}.keras"
     model.save(keras_path)
     facts = {
         "params": int(deployed.count_params()),
         "gflops": total_flops(deployed) / 1e9,
-        "gflops_training_graph": total_flops(model) / 1e9,
+        "gflops_training_graph": total_flops(network) / 1e9,
     }
     rows, sizes = [], {}
     for name, bf16 in (("keras_fp32", False), ("keras_bf16", True)):
@@ -241,8 +260,9 @@ def prepare_preset(preset: str, folder: Path, calibration, skip: set, log) -> tu
 
 def markdown_table(report: dict) -> str:
     threads = report["threads"]
-    header = "| preset | backend | GFLOPs | size (MB) | " + " | ".join(f"ms/face, {t} thr" for t in threads) + " |"
-    lines = [header, "|" + "---|" * 4 + "---:|" * len(threads)]
+    header = ("| preset | test time | backend | GFLOPs | size (MB) | "
+              + " | ".join(f"ms/face, {t} thr" for t in threads) + " |")
+    lines = [header, "|" + "---|" * 5 + "---:|" * len(threads)]
     for row in report["rows"]:
         cells = []
         for t in threads:
@@ -250,7 +270,8 @@ def markdown_table(report: dict) -> str:
             cells.append(f"{timing['median_ms']:.1f}" if "median_ms" in timing else "failed")
         gflops = f"{row['gflops']:.1f}" if row.get("gflops") is not None else "—"
         size = f"{row['size_bytes'] / 1e6:.1f}" if row.get("size_bytes") else "—"
-        lines.append(f"| {row['preset']} | {row['backend']} | {gflops} | {size} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['preset']} | {row.get('ensemble') or '—'} | {row['backend']} | {gflops} | {size} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -273,6 +294,12 @@ def main(argv=None) -> int:
         print(f"benchmark: {calibration_root}: calibration data folder not found", file=sys.stderr)
         return 2
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    ensembles = [e.strip() for e in args.ensembles.split(",") if e.strip()]
+    unknown = sorted(set(ensembles) - set(ENSEMBLES))
+    if unknown or not ensembles:
+        print(f"benchmark: unknown --ensembles {', '.join(unknown) or '(none)'}; choose from {', '.join(ENSEMBLES)}",
+              file=sys.stderr)
+        return 2
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     import numpy as np
@@ -306,7 +333,10 @@ def main(argv=None) -> int:
             crop, calibration = _timed_crop(calibration_root, cfdrnn_keras.get_preset(preset).input_size)
             crop_path = folder / f"{preset}_crop.npy"
             np.save(crop_path, crop)
-            rows, static = prepare_preset(preset, folder, calibration, skip, log)
+            rows, static = [], {}
+            for ensemble in ensembles:
+                more, static[ensemble] = prepare_preset(preset, folder, calibration, skip, log, ensemble)
+                rows += [dict(row, ensemble=ensemble, name=f"{ensemble}/{row['name']}") for row in more]
             if "dlib" not in skip and _dlib_available() and preset == presets[0]:
                 photo, box = _dlib_photo(calibration_root)
                 np.save(folder / "photo.npy", photo)
@@ -321,13 +351,15 @@ def main(argv=None) -> int:
                 report["onednn_enabled"] = timings[count].pop("_onednn_enabled", None)
             for row in rows:
                 peer = row["kind"] == "dlib"
+                own = {} if peer else static[row["ensemble"]]
                 report["rows"].append({
                     "preset": "dlib ERT (peer)" if peer else preset,
-                    "backend": row["name"],
-                    "gflops": None if peer else static["facts"]["gflops"],
-                    "gflops_training_graph": None if peer else static["facts"]["gflops_training_graph"],
-                    "params": None if peer else static["facts"]["params"],
-                    "size_bytes": _dlib_model_size() if peer else static["sizes"].get(row["name"]),
+                    "ensemble": None if peer else row["ensemble"],
+                    "backend": row["name"].split("/", 1)[-1],
+                    "gflops": None if peer else own["facts"]["gflops"],
+                    "gflops_training_graph": None if peer else own["facts"]["gflops_training_graph"],
+                    "params": None if peer else own["facts"]["params"],
+                    "size_bytes": _dlib_model_size() if peer else own["sizes"].get(row["name"].split("/", 1)[-1]),
                     "timings": {str(count): timings[count].get(row["name"], {"error": "worker failed"})
                                 for count in threads},
                 })

@@ -53,6 +53,9 @@ def parse_args(argv=None):
                         help="instead of evaluating, plot these reports' CED curves together into --plots "
                              "(default plots folder: plots) and print their tables")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
+    from cfdrnn_keras import ensemble as ensembles
+
+    ensembles.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -95,6 +98,9 @@ def held_out_faces(split_path) -> list[str]:
 
 
 def evaluate(args) -> int:
+    import keras
+
+    from cfdrnn_keras import ensemble as ensembles
     from cfdrnn_keras import evaluation as ev
     from cfdrnn_keras.plots import plot_run
 
@@ -115,7 +121,8 @@ def evaluate(args) -> int:
         print(message, file=sys.stderr)
 
     try:
-        model, name = ev.load_model(args.model)
+        options = ensembles.options_from_args(args)
+        model, name = ev.load_model(args.model, options)
         model = ev.prepare_engine(model, args.engine, num_threads=os.cpu_count())
         faces, problems = ev.discover(args.data, args.limit, on_skip=skip)
         if not faces:
@@ -128,6 +135,8 @@ def evaluate(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result.skipped[:0] = problems
+    if isinstance(model, keras.Model):  # exported files run as they were exported
+        result.ensemble = (options or ensembles.EnsembleOptions()).to_dict()
     if not result.results:
         print(f"error: none of the {len(faces)} faces could be read", file=sys.stderr)
         return 2
@@ -138,7 +147,8 @@ def evaluate(args) -> int:
     json_path.write_text(json.dumps(report, indent=1))
 
     missed = result.missed()
-    print(f"\nModel {name}, box {args.box}: {len(result.results)} faces in {seconds:.1f} s "
+    how = f" ({ensembles.EnsembleOptions(**result.ensemble).describe()})" if result.ensemble else ""
+    print(f"\nModel {name}{how}, box {args.box}: {len(result.results)} faces in {seconds:.1f} s "
           f"({len(result.skipped)} skipped)\n")
     print(ev.markdown_table(report["subsets"], missed))
     if any(missed.values()):

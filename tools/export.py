@@ -50,6 +50,9 @@ def parse_args(argv=None):
                         help="face crops fed to the full-integer calibration (default: 100)")
     parser.add_argument("--compare-count", type=int, default=8,
                         help="face crops on which each export is compared with Keras (default: 8)")
+    from cfdrnn_keras import ensemble
+
+    ensemble.add_arguments(parser, exported=True)
     return parser.parse_args(argv)
 
 
@@ -73,12 +76,15 @@ def main(argv=None) -> int:
     import keras
 
     import cfdrnn_keras  # noqa: F401  (registers the custom layers)
+    from cfdrnn_keras import ensemble as ensembles
     from export import export_model, manifest_table
     from export.saved_model import crop_size_of
     from export.tflite import face_crops
 
     try:
         model = keras.saving.load_model(model_path, safe_mode=True)
+        options = ensembles.options_from_args(args) or ensembles.EnsembleOptions()
+        model = ensembles.for_inference(model, options)
     except Exception as error:  # a corrupt or foreign file: one line, no traceback
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"export: {model_path}: cannot load the model: {message}", file=sys.stderr)
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
 
     manifest = export_model(
         model, args.out, formats, calibration_crops=calibration, comparison_crops=comparison, comparison_points=truth,
-        log=lambda line: print(line, file=sys.stderr), model_source=str(model_path),
+        log=lambda line: print(line, file=sys.stderr), model_source=str(model_path), ensemble=options.to_dict(),
     )
     print(manifest_table(manifest))
     print(f"\nwrote {Path(args.out) / 'manifest.json'}")

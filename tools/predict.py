@@ -64,6 +64,9 @@ def parse_args(argv=None):
     parser.add_argument("--require-face", action="store_true",
                         help="count a photo (or a video) with no face as a failure (default: report only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-input lines (default: off)")
+    from cfdrnn_keras import ensemble
+
+    ensemble.add_arguments(parser)
     args = parser.parse_args(argv)
     if not 0 < args.smooth <= 1:
         parser.error(f"--smooth must be in (0, 1], got {args.smooth}")
@@ -181,6 +184,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from cfdrnn_keras.detector import DetectorUnavailableError, FaceDetector
+    from cfdrnn_keras.ensemble import options_from_args
     from cfdrnn_keras.inference import LandmarkDetector, ModelLoadError
     from cfdrnn_keras.video import VideoReadError, is_video_path
     from data_pipelines.images import ImageReadError
@@ -193,7 +197,8 @@ def run(args) -> int:
     try:
         face_detector = None if args.boxes_from_pts else FaceDetector(score_threshold=args.min_score,
                                                                        zoom=args.detector_zoom)
-        detector = LandmarkDetector(model=args.model, detector=face_detector, batch_size=args.batch_size)
+        detector = LandmarkDetector(model=args.model, detector=face_detector, batch_size=args.batch_size,
+                                    ensemble=options_from_args(args))
     except (ModelLoadError, DetectorUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
