@@ -168,3 +168,22 @@ def test_command_line_flags():
     assert options_from_args(parser.parse_args(["--no-flip-test"])) == EnsembleOptions(flip=False, stages="all")
     assert options_from_args(parser.parse_args(["--stages", "last"])) == EnsembleOptions(flip=True, stages="last")
     assert options_from_args(parser.parse_args(["--no-flip-test", "--stages", "last"])).is_plain
+
+
+def test_exported_models_refuse_another_ensemble(tmp_path, capsys):
+    """A SavedModel or .tflite runs the ensemble it was exported with: asking for another is one line."""
+    from cfdrnn_keras.inference import ModelLoadError, load_backend
+    from tools.predict import main as predict
+
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"")
+    for path in (saved, tmp_path / "model.tflite"):
+        path.touch()
+        with pytest.raises(ModelLoadError, match="exported with"):
+            load_backend(path, ensemble=PLAIN)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"not read: the model is refused first")
+    assert predict([str(photo), "--model", str(tmp_path / "model.tflite"), "--no-flip-test"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.tflite" in err[0] and "exported with" in err[0]
