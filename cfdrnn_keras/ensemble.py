@@ -194,6 +194,12 @@ def build_test_time_model(network: keras.Model, options: EnsembleOptions = Ensem
     return keras.Model(image, {"landmarks": landmarks, "confidence": confidence}, name=f"{network.name}_{suffix}")
 
 
+def default_options(model: keras.Model) -> EnsembleOptions:
+    """What a model runs with when the caller does not say: the ensemble for a CFDRNN graph with its
+    stage outputs, its own `landmarks` output for anything else (e.g. a model already wrapped)."""
+    return EnsembleOptions() if stage_count(model) else PLAIN
+
+
 def for_inference(network: keras.Model, options: EnsembleOptions | None = None) -> keras.Model:
     """The model to run for `options` (default: `EnsembleOptions()`): the bare network where they are
     plain (last stage, no flip), else `build_test_time_model`."""
@@ -226,4 +232,4 @@ def options_from_args(args) -> EnsembleOptions | None:
 
 
 __all__ = ["EnsembleOptions", "MirrorBatch", "MirrorMerge", "PLAIN", "STAGE_CHOICES", "StageAverage",
-           "add_arguments", "build_test_time_model", "for_inference", "options_from_args", "stage_count"]
+           "add_arguments", "build_test_time_model", "default_options", "for_inference", "options_from_args", "stage_count"]

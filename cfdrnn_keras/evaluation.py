@@ -187,9 +187,11 @@ def load_model(path=None, ensemble=None):
 
             network = keras.saving.load_model(str(path), safe_mode=True)
             if ensemble is None:
-                ensemble = ensembles.EnsembleOptions() if ensembles.stage_count(network) else ensembles.PLAIN
+                ensemble = ensembles.default_options(network)
             try:
-                return ensembles.for_inference(network, ensemble), str(path)
+                model = ensembles.for_inference(network, ensemble)
+                model.cfdrnn_ensemble = ensemble  # how it runs, for the report
+                return model, str(path)
             except ValueError as error:
                 raise EvaluationError(f"{path}: {error}") from None
         return load_backend(path, ensemble), str(path)

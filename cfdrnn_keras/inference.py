@@ -65,7 +65,7 @@ class KerasBackend:
 
             model = keras.saving.load_model(str(model), safe_mode=True)
         if ensemble is None:
-            ensemble = ensembles.EnsembleOptions() if ensembles.stage_count(model) else ensembles.PLAIN
+            ensemble = ensembles.default_options(model)
         try:
             model = ensembles.for_inference(model, ensemble)
         except ValueError as error:

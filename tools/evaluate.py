@@ -98,8 +98,6 @@ def held_out_faces(split_path) -> list[str]:
 
 
 def evaluate(args) -> int:
-    import keras
-
     from cfdrnn_keras import ensemble as ensembles
     from cfdrnn_keras import evaluation as ev
     from cfdrnn_keras.plots import plot_run
@@ -123,6 +121,7 @@ def evaluate(args) -> int:
     try:
         options = ensembles.options_from_args(args)
         model, name = ev.load_model(args.model, options)
+        used = getattr(model, "cfdrnn_ensemble", None)  # None for exported files: they run as exported
         model = ev.prepare_engine(model, args.engine, num_threads=os.cpu_count())
         faces, problems = ev.discover(args.data, args.limit, on_skip=skip)
         if not faces:
@@ -135,8 +134,7 @@ def evaluate(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result.skipped[:0] = problems
-    if isinstance(model, keras.Model):  # exported files run as they were exported
-        result.ensemble = (options or ensembles.EnsembleOptions()).to_dict()
+    result.ensemble = used.to_dict() if used is not None else None
     if not result.results:
         print(f"error: none of the {len(faces)} faces could be read", file=sys.stderr)
         return 2
