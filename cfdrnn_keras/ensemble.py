@@ -3,8 +3,8 @@
 CFDRNN refines its estimate in four stages (heat-maps H_j, offsets Δ_j, Eq. 4 on each); the paper
 reports the last one. Two ensembles cost little and each removes error the other does not:
 
-* stage average: the landmarks of every stage, s·argmax(H_j)/S + Δ_j, averaged (no extra compute:
-  the stages run anyway);
+* stage average: the landmarks of every stage, s·argmax(H_j)/S + Δ_j, averaged (+10 % FLOPs: the
+  offset tails of stages 1–3, which the last-stage graph prunes);
 * flip test (as in HRNet / mmpose `flip_test`): the crop and its horizontal mirror go through the
   network as one batch; the mirror's points are mirrored back (x → (S−1)/S − x in normalised units,
   the pixel-centre convention, and left/right points swapped with the 300-W permutation) and the

@@ -180,20 +180,11 @@ def load_model(path=None, ensemble=None):
         raise EvaluationError(f"{path}: model not found")
     try:
         if path.suffix.lower() == ".keras" and path.is_file():
-            import keras
+            from .inference import KerasBackend
 
-            from . import ensemble as ensembles
-            from . import network  # noqa: F401  (registers the custom layers for safe loading)
-
-            network = keras.saving.load_model(str(path), safe_mode=True)
-            if ensemble is None:
-                ensemble = ensembles.default_options(network)
-            try:
-                model = ensembles.for_inference(network, ensemble)
-                model.cfdrnn_ensemble = ensemble  # how it runs, for the report
-                return model, str(path)
-            except ValueError as error:
-                raise EvaluationError(f"{path}: {error}") from None
+            backend = KerasBackend(path, ensemble)  # loads safely and wraps it as `ensemble` says
+            backend.model.cfdrnn_ensemble = backend.ensemble  # how it runs, for the report
+            return backend.model, str(path)
         return load_backend(path, ensemble), str(path)
     except (ModelLoadError, EvaluationError) as error:
         raise EvaluationError(str(error)) from None

@@ -60,7 +60,8 @@ class KerasBackend:
 
         from . import ensemble as ensembles
 
-        if isinstance(model, (str, Path)):
+        model_path = str(model) if isinstance(model, (str, Path)) else ""
+        if model_path:
             from . import network  # noqa: F401  (registers the custom layers for safe loading)
 
             model = keras.saving.load_model(str(model), safe_mode=True)
@@ -69,7 +70,8 @@ class KerasBackend:
         try:
             model = ensembles.for_inference(model, ensemble)
         except ValueError as error:
-            raise ModelLoadError(f"{error} (pass ensemble=cfdrnn_keras.ensemble.PLAIN)") from None
+            where = f"{model_path}: " if model_path else ""
+            raise ModelLoadError(f"{where}{error} (pass ensemble=cfdrnn_keras.ensemble.PLAIN)") from None
         self.ensemble = ensemble
         outputs = model.output
         if not isinstance(outputs, dict) or "landmarks" not in outputs:

@@ -56,6 +56,8 @@ def model_stats(model: keras.Model) -> list[BlockStats]:
 def total_flops(model: keras.Model) -> int:
     """Convolution FLOPs per face, nested graphs included; a graph that also runs each crop's mirror
     (`cfdrnn_keras.ensemble.MirrorBatch`) runs its nested network twice per face."""
-    passes = 2 if any(type(layer).__name__ == "MirrorBatch" for layer in model.layers) else 1
+    from .ensemble import MirrorBatch
+
+    passes = 2 if any(isinstance(layer, MirrorBatch) for layer in model.layers) else 1
     return sum(passes * total_flops(layer) if isinstance(layer, keras.Model) else conv_flops(layer)
                for layer in model.layers)
