@@ -37,9 +37,9 @@ from data_pipelines.images import ImageReadError, read_image
 from data_pipelines.pts import PtsFormatError, read_pts
 
 from . import metrics
+from .conventions import CROP_MARGIN
 
 DEFAULT_INPUT_SIZE = 256
-CROP_MARGIN = 1.25
 MISSED_FACE_ERROR = 1.0
 DETECTION_MIN_IOU = 0.3
 BOX_MODES = ("gt", "detect")
@@ -83,12 +83,16 @@ def keras_predictor(model) -> Predictor:
     return predict
 
 
+def is_keras_model(model) -> bool:
+    """True for a keras.Model, without importing Keras where nothing has (a LiteRT-only evaluation)."""
+    keras = sys.modules.get("keras")
+    return keras is not None and isinstance(model, keras.Model)
+
+
 def as_predictor(model) -> Predictor:
     """A Keras model, an object with `predict_crops` (a LandmarkDetector or one of its backends: .keras,
     SavedModel, .tflite) or any `predict(uint8 crops)` callable → a function giving (B, 68, 2) numpy."""
-    import keras
-
-    if isinstance(model, keras.Model):
+    if is_keras_model(model):
         return keras_predictor(model)
     if hasattr(model, "predict_crops"):
         return lambda crops: np.asarray(model.predict_crops(crops)[0])
@@ -107,9 +111,7 @@ def as_predictor(model) -> Predictor:
 
 def input_size_of(model) -> int:
     """The crop side a model wants (256 for every CFDRNN preset; read from the model where it says)."""
-    import keras
-
-    if isinstance(model, keras.Model):
+    if is_keras_model(model):
         size = model.inputs[0].shape[1]
         return int(size) if size else DEFAULT_INPUT_SIZE
     return int(getattr(model, "input_size", DEFAULT_INPUT_SIZE))
@@ -136,14 +138,12 @@ ENGINES = ("keras", "tflite")
 
 def prepare_engine(model, engine: str = "keras", num_threads: int | None = None):
     """The model as it will run: unchanged for "keras"; for "tflite" a Keras model is converted and
-    run by LiteRT (`inference.TFLiteBackend`), anything else is left as it is."""
-    import keras
-
+    run by LiteRT (`runtime.backends.TFLiteBackend`), anything else is left as it is."""
     if engine not in ENGINES:
         raise EvaluationError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "keras" or not isinstance(model, keras.Model):
+    if engine == "keras" or not is_keras_model(model):
         return model
-    from .inference import TFLiteBackend
+    from .runtime.backends import TFLiteBackend
 
     folder = tempfile.TemporaryDirectory(prefix="cfdrnn_eval_")
     path = Path(folder.name) / "converted.tflite"
@@ -153,44 +153,37 @@ def prepare_engine(model, engine: str = "keras", num_threads: int | None = None)
     return backend
 
 
-def packaged_model_path() -> Path | None:
-    """The trained model that ships inside the package, or None while none does."""
-    from .inference import default_model_path
-
-    path = Path(default_model_path())
-    return path if path.exists() else None
-
-
 def load_model(path=None, ensemble=None):
-    """(model, name) for a .keras file (a keras.Model), a SavedModel folder or a .tflite file (an
-    inference backend), or the packaged model when path is None. Problems: one-line EvaluationError.
+    """(model, name) for a packaged model's name or None (the default: its LiteRT file, as
+    `LandmarkDetector()` runs it; `NAME:keras` for its float network), a .keras file (a keras.Model),
+    a SavedModel folder or a .tflite file (an inference backend). Problems: one-line EvaluationError.
 
-    ensemble: how a .keras CFDRNN network runs (`cfdrnn_keras.ensemble.EnsembleOptions`; None: the
-    default, flip test and four-stage average). Exported models run as they were exported.
+    ensemble: how a .keras CFDRNN network runs (`cfdrnn_keras.ensemble_options.EnsembleOptions`; None:
+    the default, flip test and four-stage average). Exported models run as they were exported.
     """
-    from .inference import ModelLoadError, load_backend
+    from .runtime import packaged
+    from .runtime.backends import ModelLoadError, load_backend, one_line
 
-    if path is None:
-        path = packaged_model_path()
-        if path is None:
-            raise EvaluationError("no trained model ships with cfdrnn-keras yet: pass --model PATH "
-                                  "(a .keras file, a SavedModel folder or a .tflite file)")
-    path = Path(path)
+    resolved, name = packaged.resolve(path)
+    path = Path(resolved)
+    label = name or str(path)
     if not path.exists():
         raise EvaluationError(f"{path}: model not found")
     try:
         if path.suffix.lower() == ".keras" and path.is_file():
-            from .inference import KerasBackend
+            from .model.backends import KerasBackend
 
             backend = KerasBackend(path, ensemble)  # loads safely and wraps it as `ensemble` says
             backend.model.cfdrnn_ensemble = backend.ensemble  # how it runs, for the report
-            return backend.model, str(path)
-        return load_backend(path, ensemble), str(path)
+            return backend.model, label
+        return load_backend(path, ensemble), label
     except (ModelLoadError, EvaluationError) as error:
         raise EvaluationError(str(error)) from None
+    except ImportError as error:
+        raise EvaluationError(f"{path}: needs TensorFlow and Keras ({one_line(error)}): "
+                              "pip install 'cfdrnn-keras[train]'") from None
     except Exception as error:  # a corrupt or foreign file: one line, not a traceback
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise EvaluationError(f"{path}: cannot load the model: {message}") from None
+        raise EvaluationError(f"{path}: cannot load the model: {one_line(error)}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,7 +249,7 @@ class Evaluation:
     results: list[FaceResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     box: str = "gt"
-    ensemble: dict | None = None  # how the model ran (cfdrnn_keras.ensemble), where known
+    ensemble: dict | None = None  # how the model ran (cfdrnn_keras.model.ensemble), where known
 
     def errors(self, normalisation: str = "inter_ocular") -> np.ndarray:
         return np.array([result.error(normalisation) for result in self.results], dtype=np.float64)
@@ -467,9 +460,9 @@ def default_detector():
     """The package's face detector as a function: RGB photo → list of (x0, y0, x1, y1[, score]) boxes,
     already calibrated to the 68-point-box convention the crops are cut from."""
     try:
-        from .detector import DetectorUnavailableError, default_detector as package_detector
+        from .runtime.face_detector import DetectorUnavailableError, default_detector as package_detector
     except ImportError as error:
-        raise EvaluationError(f"--box detect needs cfdrnn_keras.detector, which cannot be imported: {error}") from None
+        raise EvaluationError(f"--box detect needs cfdrnn_keras.runtime.face_detector, which cannot be imported: {error}") from None
     try:
         return package_detector().detect
     except DetectorUnavailableError as error:

@@ -162,7 +162,7 @@ def _stack_to_tensor(examples: Examples, chunk: int = 256):
 def encode_targets(points_px, config):
     """Targets dict for points (B, N, 2) in crop pixels: four identical heat-map targets + landmarks."""
     import tensorflow as tf
-    from cfdrnn_keras.codec import encode_heatmaps
+    from cfdrnn_keras.model.codec import encode_heatmaps
 
     heatmaps = encode_heatmaps(points_px, config.input_size, config.stride, config.heatmap_sigma)
     targets = {key: heatmaps for key in HEATMAP_KEYS}
@@ -327,7 +327,7 @@ def _streamed_crops(faces, crop_size, crop_margin, num_points, *, shuffle, seed,
 # numpy pipeline: a keras.utils.PyDataset for backends without TensorFlow (JAX on a GPU machine)
 # ----------------------------------------------------------------------------------------------
 def _numpy_targets(points_px: np.ndarray, config) -> dict:
-    from cfdrnn_keras.codec import encode_heatmaps_numpy
+    from cfdrnn_keras.model.codec import encode_heatmaps_numpy
 
     heatmaps = encode_heatmaps_numpy(points_px, config.input_size, config.stride, config.heatmap_sigma)
     targets = {key: heatmaps for key in HEATMAP_KEYS}

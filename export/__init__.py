@@ -21,11 +21,12 @@ FORMATS = (SAVED_MODEL,) + TFLITE_FORMATS
 FILE_NAMES = {SAVED_MODEL: "saved_model", **{fmt: f"cfdrnn_{fmt[len('tflite_'):]}.tflite" for fmt in TFLITE_FORMATS}}
 
 
-def default_model_path() -> Path:
-    """The packaged trained model; `cfdrnn_keras.inference` is the one place that names it."""
-    from cfdrnn_keras.inference import default_model_path as packaged
+def default_model_path(name: str | None = None) -> Path:
+    """The float `.keras` network of a packaged model (None: the default one), which exports start
+    from; `cfdrnn_keras.runtime.packaged` is the one place that names the files."""
+    from cfdrnn_keras.runtime.packaged import packaged_model
 
-    return packaged()
+    return packaged_model(name).keras_path
 
 
 def default_calibration_root() -> Path | None:

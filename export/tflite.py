@@ -76,11 +76,11 @@ def float_heatmap_head(model: keras.Model) -> list[str]:
     Why: the final heat-maps quantised to int8 keep about a dozen distinct levels, so the argmax of
     Eq. 4 ties between neighbouring pixels and, on faint heat-maps, falls back to pixel (0, 0). On the
     packaged model this cost +0.55 points of NME against +0.03 with this one convolution in float
-    (about 0.1 % of the FLOPs; docs/DEPLOYMENT.md). The four-stage average (cfdrnn_keras.ensemble)
+    (about 0.1 % of the FLOPs; docs/DEPLOYMENT.md). The four-stage average (cfdrnn_keras.model.ensemble)
     takes the argmax of every stage's heat-maps, so all four heads stay in float there.
     """
-    from cfdrnn_keras.ensemble import MirrorMerge, StageAverage
-    from cfdrnn_keras.network import HEATMAP_OUTPUTS
+    from cfdrnn_keras.model.ensemble import MirrorMerge, StageAverage
+    from cfdrnn_keras.model.network import HEATMAP_OUTPUTS
 
     network = _cfdrnn_graph(model)
     decoding = [layer.name for layer in model.layers if isinstance(layer, (StageAverage, MirrorMerge))]

@@ -8,14 +8,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO_ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_tool()
+from cfdrnn_keras.cli import benchmark as bench  # noqa: E402
 
 
 @pytest.mark.parametrize("argv, message", [

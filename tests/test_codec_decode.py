@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from cfdrnn_keras import CFDRNNConfig, build_cfdrnn
-from cfdrnn_keras.codec import (
+from cfdrnn_keras.model.codec import (
     HeatmapDecoder,
     encode_heatmaps,
     encode_heatmaps_numpy,

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from cfdrnn_keras.codec import encode_heatmaps, encode_heatmaps_numpy
+from cfdrnn_keras.model.codec import encode_heatmaps, encode_heatmaps_numpy
 
 SIGMA = 1.3
 

@@ -5,7 +5,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from cfdrnn_keras.codec import heatmap_peaks_numpy  # noqa: E402
+from cfdrnn_keras.model.codec import heatmap_peaks_numpy  # noqa: E402
 from data_pipelines.augment import AugmentConfig  # noqa: E402
 from data_pipelines.dataset import HEATMAP_KEYS, crop_face, load_examples, loose_geometry, make_dataset  # noqa: E402
 from data_pipelines.discovery import find_faces  # noqa: E402

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cfdrnn_keras.detector import (BoxCalibration, DetectorUnavailableError, FaceDetector, default_detector, iou,
+from cfdrnn_keras.runtime.face_detector import (BoxCalibration, DetectorUnavailableError, FaceDetector, default_detector, iou,
                                    weighted_nms)
 from data_pipelines.discovery import find_faces
 from data_pipelines.geometry import face_box_from_points

@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cfdrnn_keras import distribute
+from cfdrnn_keras.training import distribute
 
 REPO = Path(__file__).resolve().parents[1]
 
 WORKER_SCRIPT = """
 import importlib.util, sys
 import numpy as np
-spec = importlib.util.spec_from_file_location("cfdrnn_train_tool", {tool!r})
-tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
+import cfdrnn_keras.cli.train as tool
 import keras
 initial = {{}}
 remember = keras.callbacks.LambdaCallback(

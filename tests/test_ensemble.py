@@ -1,4 +1,4 @@
-"""Test-time ensemble (cfdrnn_keras.ensemble): hand-computed layers, mirror equivariance of the flip
+"""Test-time ensemble (cfdrnn_keras.model.ensemble): hand-computed layers, mirror equivariance of the flip
 test, agreement with the network's own stage outputs, safe saving, and real faces."""
 import argparse
 import dataclasses
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cfdrnn_keras import build_cfdrnn, get_preset
-from cfdrnn_keras.codec import heatmap_peaks_numpy
-from cfdrnn_keras.ensemble import (
+from cfdrnn_keras.model.codec import heatmap_peaks_numpy
+from cfdrnn_keras.model.ensemble import (
     PLAIN,
     EnsembleOptions,
     MirrorBatch,
@@ -128,9 +128,9 @@ def test_flip_test_is_mirror_equivariant_on_real_faces(packaged_network, sample_
 
 @pytest.fixture(scope="module")
 def packaged_network():
-    import cfdrnn_keras.inference as inference
+    from cfdrnn_keras.runtime.packaged import packaged_model
 
-    path = inference.default_model_path()
+    path = packaged_model().keras_path
     if not path.exists():
         pytest.skip(f"no trained model is packaged at {path}")
     return keras.saving.load_model(path, safe_mode=True)
@@ -172,8 +172,8 @@ def test_command_line_flags():
 
 def test_exported_models_refuse_another_ensemble(tmp_path, capsys):
     """A SavedModel or .tflite runs the ensemble it was exported with: asking for another is one line."""
-    from cfdrnn_keras.inference import ModelLoadError, load_backend
-    from tools.predict import main as predict
+    from cfdrnn_keras.runtime.landmarker import ModelLoadError, load_backend
+    from cfdrnn_keras.cli.predict import main as predict
 
     saved = tmp_path / "saved"
     saved.mkdir()

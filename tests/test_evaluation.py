@@ -9,7 +9,7 @@ import pytest
 
 from cfdrnn_keras import evaluation as ev
 from cfdrnn_keras import metrics
-from cfdrnn_keras.codec import encode_heatmaps_numpy, heatmap_peaks_numpy
+from cfdrnn_keras.model.codec import encode_heatmaps_numpy, heatmap_peaks_numpy
 from data_pipelines.discovery import Face, find_faces
 from data_pipelines.geometry import crop_matrix, face_box_from_points, transform_points
 from data_pipelines.pts import read_pts, write_pts
@@ -249,7 +249,7 @@ def tiny_model_path(tmp_path_factory):
 
 
 def test_cli_report_has_exactly_the_documented_shape(tmp_path, shared_data, tiny_model_path, capsys):
-    from tools.evaluate import main
+    from cfdrnn_keras.cli.evaluate import main
 
     faces = find_faces([shared_data / "300w"])
     data = [shared_data / "300w" / "afw", shared_data / "300w" / "helen" / "trainset"]
@@ -289,7 +289,7 @@ def test_cli_report_has_exactly_the_documented_shape(tmp_path, shared_data, tiny
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from tools.evaluate import main
+    from cfdrnn_keras.cli.evaluate import main
 
     assert main(["--data", str(tmp_path), "--model", str(tmp_path / "absent.keras")]) == 2
     assert main(["--compare", str(tmp_path / "absent.json")]) == 2
@@ -298,7 +298,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_held_out_evaluates_exactly_the_faces_a_training_run_kept_out(tmp_path, shared_data, tiny_model_path):
-    from tools.evaluate import main
+    from cfdrnn_keras.cli.evaluate import main
 
     faces = find_faces([shared_data / "300w" / "helen" / "trainset"])
     validation = [faces[7].pts_path, faces[2].pts_path]
@@ -312,7 +312,7 @@ def test_held_out_evaluates_exactly_the_faces_a_training_run_kept_out(tmp_path, 
 
 
 def test_held_out_split_errors_are_one_line(tmp_path, capsys):
-    from tools.evaluate import main
+    from cfdrnn_keras.cli.evaluate import main
 
     not_a_split = tmp_path / "other.json"
     not_a_split.write_text(json.dumps({"model": "x"}))
@@ -357,9 +357,9 @@ def test_non_finite_predictions_are_failures_not_crashes(samples_dir):
 def test_landmark_detector_backends_are_evaluated_like_the_keras_model(tiny_model_path, samples_dir):
     import keras
 
-    from cfdrnn_keras.inference import LandmarkDetector
+    from cfdrnn_keras.runtime.landmarker import LandmarkDetector
 
-    from cfdrnn_keras.ensemble import for_inference
+    from cfdrnn_keras.model.ensemble import for_inference
 
     faces = find_faces([samples_dir])[:3]
     model = keras.saving.load_model(tiny_model_path)

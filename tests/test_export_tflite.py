@@ -35,9 +35,8 @@ COMPARE_FACES = 6
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("export_cli", REPO / "tools" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import cfdrnn_keras.cli.export as module
+
     return module
 
 
@@ -152,7 +151,7 @@ def test_int8_costs_at_most_three_tenths_of_a_point_of_nme(shared_data, tmp_path
     model_path = default_model_path()
     if not model_path.exists():
         pytest.skip(f"needs the trained packaged model {model_path}: an untrained network's int8 NME is noise")
-    import cfdrnn_keras  # noqa: F401
+    import cfdrnn_keras.model  # noqa: F401
     from cfdrnn_keras.metrics import inter_ocular_distance
 
     model = inference_model(keras.saving.load_model(model_path, safe_mode=True))
@@ -176,7 +175,7 @@ def test_int8_costs_at_most_three_tenths_of_a_point_of_nme(shared_data, tmp_path
 def test_ensemble_exports_to_builtin_tflite_that_matches_keras(tiny_model_path, faces, tmp_path):
     """The default export (flip test + four-stage average) converts with builtin ops, agrees with the
     Keras ensemble in float32, and keeps all four heat-map heads float in the full-integer file."""
-    from cfdrnn_keras.ensemble import for_inference
+    from cfdrnn_keras.model.ensemble import for_inference
     from export.tflite import float_heatmap_head
 
     model = inference_model(for_inference(keras.saving.load_model(tiny_model_path, safe_mode=True)))

@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cfdrnn_keras.inference import (FaceLandmarks, LandmarkDetector, ModelLoadError, TFLiteBackend,
+from cfdrnn_keras.runtime.landmarker import (FaceLandmarks, LandmarkDetector, ModelLoadError, TFLiteBackend,
                                     as_rgb_uint8, load_backend)
 from data_pipelines.geometry import crop_matrix, face_box_from_points, transform_points, warp_to_crop
 from data_pipelines.images import ImageReadError
@@ -109,13 +109,17 @@ def test_grayscale_and_rgba_arrays_become_rgb():
 
 
 def test_packaged_model_missing_is_one_clear_line(monkeypatch, tmp_path):
-    import cfdrnn_keras.inference as inference
+    import dataclasses
 
-    monkeypatch.setattr(inference, "DEFAULT_MODEL", tmp_path / "absent.keras")
+    from cfdrnn_keras.runtime import packaged
+
+    default = packaged.packaged_model()
+    monkeypatch.setitem(packaged.PACKAGED_MODELS, default.name,
+                        dataclasses.replace(default, tflite_file=str(tmp_path / "absent.tflite")))
     with pytest.raises(ModelLoadError) as info:
         LandmarkDetector()
     message = str(info.value)
-    assert "\n" not in message and "no packaged model" in message and "model=" in message
+    assert "\n" not in message and "absent.tflite" in message and "missing" in message
 
 
 def test_model_paths_that_cannot_load(tmp_path):
@@ -246,10 +250,11 @@ def test_saved_model_backend_reads_serving_default_in_crop_pixels(tmp_path):
 
 @pytest.fixture(scope="module")
 def packaged_detector():
-    import cfdrnn_keras.inference as inference
+    from cfdrnn_keras.runtime.packaged import packaged_model
 
-    if not inference.default_model_path().exists():
-        pytest.skip(f"no trained model is packaged yet at {inference.default_model_path()}")
+    path = packaged_model().tflite_path
+    if not path.exists():
+        pytest.skip(f"no trained model is packaged yet at {path}")
     return LandmarkDetector()
 
 

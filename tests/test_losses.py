@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from cfdrnn_keras import metrics
-from cfdrnn_keras.codec import encode_heatmaps_numpy
-from cfdrnn_keras.losses import (LossWeights, cfdrnn_losses, delta_l2, delta_targets, heatmap_l2,
+from cfdrnn_keras.model.codec import encode_heatmaps_numpy
+from cfdrnn_keras.training.losses import (LossWeights, cfdrnn_losses, delta_l2, delta_targets, heatmap_l2,
                                  interocular_nme, total_loss)
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cfdrnn_keras import OUTPUT_NAMES, CFDRNNConfig, build_cfdrnn, config_from_model, get_preset
-from cfdrnn_keras.layers import FusedBatchNormalization
-from cfdrnn_keras.model_stats import model_stats, total_flops
+from cfdrnn_keras.model.layers import FusedBatchNormalization
+from cfdrnn_keras.model.model_stats import model_stats, total_flops
 
 # (suffix, kind, kernel, filters, stride, relu, output spatial size) — transcribed from the tables.
 RESIZER = [

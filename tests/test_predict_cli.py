@@ -19,8 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 ASTRONAUT = REPO / "examples" / "astronaut.png"
 VIDEO_FRAMES = 6
 
-sys.path.insert(0, str(REPO / "tools"))
-import predict  # noqa: E402
+from cfdrnn_keras.cli import predict  # noqa: E402
 
 
 @pytest.fixture(scope="module")

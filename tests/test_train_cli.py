@@ -9,7 +9,7 @@ from pathlib import Path
 
 import keras
 
-import cfdrnn_keras  # noqa: F401  (registers the custom layers for load_model)
+import cfdrnn_keras.model  # noqa: F401  (registers the custom layers for load_model)
 import numpy as np
 import pytest
 
@@ -18,9 +18,8 @@ TOOL = REPO / "tools" / "train.py"
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("cfdrnn_train_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import cfdrnn_keras.cli.train as module
+
     return module
 
 

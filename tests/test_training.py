@@ -8,11 +8,11 @@ import tensorflow as tf
 
 from cfdrnn_keras import metrics
 from cfdrnn_keras.config import CFDRNNConfig
-from cfdrnn_keras.losses import LossWeights
+from cfdrnn_keras.training.losses import LossWeights
 from cfdrnn_keras.training import (CFDRNNTrainer, build_trainer, cpu_has_bf16, current_learning_rate,
                                    get_recipe, make_optimizer, make_schedule, plain_network_copy,
                                    resolve_precision, save_network_atomically, scale_output_heads)
-from cfdrnn_keras.network import build_cfdrnn
+from cfdrnn_keras.model.network import build_cfdrnn
 
 TINY = CFDRNNConfig(input_size=64, width=0.0625)
 
@@ -181,7 +181,7 @@ def test_a_tiny_network_learns_eight_real_faces(shared_data):
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     import json
 
-    from cfdrnn_keras.callbacks import EpochCheckpoint, StopOnNaN
+    from cfdrnn_keras.training.callbacks import EpochCheckpoint, StopOnNaN
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(0.01), loss="mse")

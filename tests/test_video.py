@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cfdrnn_keras.inference import FaceLandmarks
-from cfdrnn_keras.video import (FaceTracker, OneEuroFilter, VideoReadError, alpha_from_cutoff, cutoff_from_alpha,
+from cfdrnn_keras.runtime.landmarker import FaceLandmarks
+from cfdrnn_keras.runtime.video import (FaceTracker, OneEuroFilter, VideoReadError, alpha_from_cutoff, cutoff_from_alpha,
                                 is_video_path, open_video, read_frames)
 
 

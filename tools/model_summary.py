@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     import keras
 
     import cfdrnn_keras
-    from cfdrnn_keras.model_stats import model_stats
+    from cfdrnn_keras.model.model_stats import model_stats
 
     try:
         if args.model:

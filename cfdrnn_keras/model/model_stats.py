@@ -55,7 +55,7 @@ def model_stats(model: keras.Model) -> list[BlockStats]:
 
 def total_flops(model: keras.Model) -> int:
     """Convolution FLOPs per face, nested graphs included; a graph that also runs each crop's mirror
-    (`cfdrnn_keras.ensemble.MirrorBatch`) runs its nested network twice per face."""
+    (`cfdrnn_keras.model.ensemble.MirrorBatch`) runs its nested network twice per face."""
     from .ensemble import MirrorBatch
 
     passes = 2 if any(isinstance(layer, MirrorBatch) for layer in model.layers) else 1

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+from .packaged import ASSETS
+
 BLAZEFACE_MODEL = ASSETS / "face_detection_full_range_sparse.tflite"
 
 
@@ -119,16 +120,16 @@ class BlazeFace:
     GRID = 48  # one anchor per cell of a 48×48 grid (stride 4), fixed anchor size 1
 
     def __init__(self, model_path=BLAZEFACE_MODEL, num_threads: int | None = None):
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            raise DetectorUnavailableError(
-                "the face detector needs the LiteRT interpreter: pip install ai-edge-litert") from None
+        from .backends import ModelLoadError, make_interpreter
+
         model_path = Path(model_path)
         if not model_path.is_file():
             raise DetectorUnavailableError(
                 f"{model_path}: face-detector model missing (reinstall cfdrnn-keras, or pass boxes= yourself)")
-        self._interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
+        try:
+            self._interpreter = make_interpreter(model_path, num_threads)
+        except ModelLoadError as error:
+            raise DetectorUnavailableError(f"the face detector: {error}") from None
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         outputs = self._interpreter.get_output_details()

@@ -11,7 +11,7 @@ import keras
 from keras import layers
 
 from .codec import HeatmapDecoder
-from .config import CFDRNNConfig
+from ..config import CFDRNNConfig
 from .layers import FusedBatchNormalization, batch_norm
 
 HEATMAP_OUTPUTS = tuple(f"heatmaps_{j}" for j in range(1, 5))

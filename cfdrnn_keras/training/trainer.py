@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import keras
 from keras import ops
 
-from .config import CFDRNNConfig
-from .machine import cpu_has_bf16  # noqa: F401  (re-exported; picks the precision)
+from ..config import CFDRNNConfig
+from ..machine import cpu_has_bf16  # noqa: F401  (re-exported; picks the precision)
 from .losses import HEADS, LossWeights, cfdrnn_losses, interocular_nme, total_loss
-from .network import build_cfdrnn
+from ..model.network import build_cfdrnn
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from keras import ops
 
-from .codec import heatmap_peaks
+from ..model.codec import heatmap_peaks
 
 HEATMAP_HEADS = tuple(f"heatmaps_{j}" for j in range(1, 5))
 DELTA_HEADS = tuple(f"delta_{j}" for j in range(1, 5))

@@ -21,47 +21,11 @@ on any backend.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import keras
 from keras import ops
 
+from ..ensemble_options import PLAIN, STAGE_CHOICES, EnsembleOptions, add_arguments, options_from_args  # noqa: F401  (re-exported)
 from .codec import heatmap_peaks
-
-STAGE_CHOICES = ("all", "last")
-
-
-@dataclass(frozen=True)
-class EnsembleOptions:
-    """How a trained network is run at test time.
-
-    flip: also run the mirrored crop and average (2× compute).
-    stages: "all" averages the four stages' landmarks; "last" uses the final stage only (the paper).
-    """
-
-    flip: bool = True
-    stages: str = "all"
-
-    def __post_init__(self):
-        if self.stages not in STAGE_CHOICES:
-            raise ValueError(f"stages must be one of {', '.join(STAGE_CHOICES)}, got {self.stages!r}")
-
-    @property
-    def is_plain(self) -> bool:
-        """True when this is the bare network's own `landmarks` output (last stage, no flip)."""
-        return not self.flip and self.stages == "last"
-
-    def describe(self) -> str:
-        parts = ["four-stage average" if self.stages == "all" else "last stage"]
-        parts.append("flip test" if self.flip else "no flip")
-        return ", ".join(parts)
-
-    def to_dict(self) -> dict:
-        return {"flip": self.flip, "stages": self.stages}
-
-
-PLAIN = EnsembleOptions(flip=False, stages="last")
-
 
 @keras.saving.register_keras_serializable(package="cfdrnn")
 class MirrorBatch(keras.layers.Layer):
@@ -207,28 +171,6 @@ def for_inference(network: keras.Model, options: EnsembleOptions | None = None) 
     if options.is_plain:
         return network
     return build_test_time_model(network, options)
-
-
-def add_arguments(parser, exported: bool = False) -> None:
-    """`--flip-test/--no-flip-test` and `--stages` for a command-line tool (defaults: the ensemble)."""
-    import argparse
-
-    where = "the exported files run" if exported else "a .keras model runs (exported models run as exported)"
-    group = parser.add_argument_group("test-time ensemble", f"how {where}; docs/INFERENCE.md")
-    group.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None,
-                       help="also run the mirrored crop and average (2× compute; default: on)")
-    group.add_argument("--stages", choices=STAGE_CHOICES, default=None,
-                       help="average the landmarks of all four stages, or use the last (the paper's "
-                            "output) (default: all)")
-
-
-def options_from_args(args) -> EnsembleOptions | None:
-    """The options the flags ask for, or None where neither flag was given (the model's default)."""
-    if args.flip_test is None and args.stages is None:
-        return None
-    default = EnsembleOptions()
-    return EnsembleOptions(flip=default.flip if args.flip_test is None else args.flip_test,
-                           stages=args.stages or default.stages)
 
 
 __all__ = ["EnsembleOptions", "MirrorBatch", "MirrorMerge", "PLAIN", "STAGE_CHOICES", "StageAverage",

@@ -155,7 +155,7 @@ class FaceTracker:
         self._next_id = 0
 
     def update(self, faces) -> list[tuple[int, object]]:
-        from .detector import iou
+        from .face_detector import iou
 
         pairs = sorted(((iou(face.box, box), index, track_id)
                         for index, face in enumerate(faces)

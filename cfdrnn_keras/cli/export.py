@@ -1,0 +1,115 @@
+"""Export a CFDRNN model for serving and devices: SavedModel (TF Serving) and TFLite files.
+
+    python tools/export.py --out exported
+    python tools/export.py --model run/best.keras --out exported --formats saved_model,tflite_fp16
+
+Formats (comma-separated):
+  saved_model       signatures serving_default (uint8 crops → landmarks in crop pixels) and
+                    predict_image (encoded photo bytes + face box → landmarks in photo pixels)
+  tflite_fp32       float32 TFLite (builtin ops only, uint8 crop input)
+  tflite_fp16       float16 weights
+  tflite_int8       dynamic-range int8 (int8 weights, float activations)
+  tflite_int8_full  full-integer int8 calibrated on real face crops (uint8 input, float outputs)
+
+Each export is compared with the Keras model on real face crops; sizes and differences go to
+OUT/manifest.json and a table on stdout. Exit status 0 if every format was written, 1 otherwise,
+2 for a bad command line or an unreadable model. See docs/DEPLOYMENT.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# This script shares its name with the `export` package: take its own folder off the import path
+# (Python puts it first) so `import export` finds the package.
+
+from export import FORMATS, default_calibration_root, default_model_path, parse_formats  # noqa: E402  (no TF yet)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None,
+                        help="a .keras model, or a packaged model's name (fast; default: the default packaged model's .keras network)")
+    parser.add_argument("--out", default="exported", help="output folder (default: exported)")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help=f"comma-separated formats (default: all: {','.join(FORMATS)})")
+    parser.add_argument("--calibration-data", default=None,
+                        help="folder of annotated faces (image + .pts, any depth) for int8 calibration and "
+                             "for the comparison with Keras (default: ../shared/data/300w beside the checkout, "
+                             "or $CFDRNN_DATA/300w, if present)")
+    parser.add_argument("--calibration-count", type=int, default=100,
+                        help="face crops fed to the full-integer calibration (default: 100)")
+    parser.add_argument("--compare-count", type=int, default=8,
+                        help="face crops on which each export is compared with Keras (default: 8)")
+    from cfdrnn_keras import ensemble_options
+
+    ensemble_options.add_arguments(parser, exported=True)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        formats = parse_formats(args.formats)
+    except ValueError as error:
+        print(f"export: {error}", file=sys.stderr)
+        return 2
+    from cfdrnn_keras.runtime import packaged
+
+    if args.model is None or args.model.removesuffix(packaged.KERAS_SUFFIX) in packaged.PACKAGED_MODELS:
+        model_path = default_model_path(args.model.removesuffix(packaged.KERAS_SUFFIX) if args.model else None)
+    else:
+        model_path = Path(args.model)
+    if not model_path.exists():
+        hint = "" if args.model else " (no packaged model in this checkout: pass --model PATH)"
+        print(f"export: {model_path}: model file not found{hint}", file=sys.stderr)
+        return 2
+    calibration_root = args.calibration_data or default_calibration_root()
+    if calibration_root and not Path(calibration_root).is_dir():
+        print(f"export: {calibration_root}: calibration data folder not found", file=sys.stderr)
+        return 2
+
+    import keras
+
+    import cfdrnn_keras.model  # noqa: F401  (registers the custom layers)
+    from cfdrnn_keras.model import ensemble as ensembles
+    from export import export_model, manifest_table
+    from export.saved_model import crop_size_of
+    from export.tflite import face_crops
+
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True)
+        options = ensembles.options_from_args(args) or ensembles.EnsembleOptions()
+        model = ensembles.for_inference(model, options)
+    except Exception as error:  # a corrupt or foreign file: one line, no traceback
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"export: {model_path}: cannot load the model: {message}", file=sys.stderr)
+        return 2
+
+    calibration = comparison = truth = None
+    if calibration_root:
+        crops, points = face_crops(calibration_root, args.calibration_count + args.compare_count, crop_size_of(model))
+        if len(crops) == 0:
+            print(f"export: {calibration_root}: no readable annotated faces (image + .pts)", file=sys.stderr)
+        else:
+            # Compare on faces spread over the set and kept out of the calibration.
+            picks = np.unique(np.linspace(0, len(crops) - 1, min(args.compare_count, len(crops))).round().astype(int))
+            rest = np.setdiff1d(np.arange(len(crops)), picks)
+            comparison, truth = crops[picks], points[picks]
+            calibration = crops[rest[: args.calibration_count]] if len(rest) else crops
+
+    manifest = export_model(
+        model, args.out, formats, calibration_crops=calibration, comparison_crops=comparison, comparison_points=truth,
+        log=lambda line: print(line, file=sys.stderr), model_source=str(model_path), ensemble=options.to_dict(),
+    )
+    print(manifest_table(manifest))
+    print(f"\nwrote {Path(args.out) / 'manifest.json'}")
+    return 1 if manifest["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

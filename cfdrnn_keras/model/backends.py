@@ -1,0 +1,87 @@
+"""The model side's backends: a Keras model (or `.keras` file) and a SavedModel directory, behind the
+same `predict_crops` interface as the LiteRT one (`cfdrnn_keras.runtime.backends`), which hands
+`.keras` files and SavedModels here. Needs Keras and TensorFlow."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.backends import ModelLoadError
+
+
+class KerasBackend:
+    """A CFDRNN Keras model (input [-0.5, 0.5] floats; outputs `landmarks` normalised, `confidence`).
+
+    ensemble: how the network runs (`cfdrnn_keras.model.ensemble`); None = `EnsembleOptions()`, the flip
+    test and the four-stage average, for a CFDRNN graph, and its own `landmarks` output for any other
+    model (one without `heatmaps_j` / `delta_j` outputs, e.g. one already wrapped).
+    """
+
+    def __init__(self, model, ensemble=None):
+        import keras
+
+        from . import ensemble as ensembles
+
+        model_path = str(model) if isinstance(model, (str, Path)) else ""
+        if model_path:
+            model = keras.saving.load_model(str(model), safe_mode=True)
+        if ensemble is None:
+            ensemble = ensembles.default_options(model)
+        try:
+            model = ensembles.for_inference(model, ensemble)
+        except ValueError as error:
+            where = f"{model_path}: " if model_path else ""
+            raise ModelLoadError(f"{where}{error} (pass ensemble=cfdrnn_keras.model.ensemble.PLAIN)") from None
+        self.ensemble = ensemble
+        outputs = model.output
+        if not isinstance(outputs, dict) or "landmarks" not in outputs:
+            raise ModelLoadError(f"model {model.name!r} has no 'landmarks' output")
+        wanted = {"landmarks": outputs["landmarks"]}
+        if "confidence" in outputs:
+            wanted["confidence"] = outputs["confidence"]
+        self.model = model
+        self._runner = keras.Model(model.inputs, wanted, name=f"{model.name}_inference")
+        self.input_size = int(model.inputs[0].shape[1])
+
+    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = crops.astype(np.float32) * (1.0 / 255.0) - 0.5
+        out = self._runner.predict_on_batch(images)
+        landmarks = np.asarray(out["landmarks"], dtype=np.float32)
+        confidence = (np.asarray(out["confidence"], dtype=np.float32) if "confidence" in out
+                      else np.ones(landmarks.shape[:2], np.float32))
+        return landmarks, confidence
+
+
+class SavedModelBackend:
+    """A SavedModel directory whose `serving_default` takes uint8 crops and gives `landmarks` in CROP
+    PIXELS and `confidence` (the signature `export/` writes for TF Serving)."""
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        self._tf = tf
+        loaded = tf.saved_model.load(str(path))
+        if "serving_default" not in loaded.signatures:
+            raise ModelLoadError(f"{path}: SavedModel has no 'serving_default' signature")
+        self._loaded = loaded  # keep the object alive: the signature refers to its variables
+        self._fn = loaded.signatures["serving_default"]
+        inputs = self._fn.structured_input_signature[1]
+        if len(inputs) != 1:
+            raise ModelLoadError(f"{path}: serving_default should take one input (crops), takes {sorted(inputs)}")
+        self._input_name, spec = next(iter(inputs.items()))
+        self._input_dtype = spec.dtype
+        self.input_size = int(spec.shape[1]) if spec.shape.rank and spec.shape[1] is not None else 256
+        if "landmarks" not in self._fn.structured_outputs:
+            raise ModelLoadError(f"{path}: serving_default has no 'landmarks' output")
+
+    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tensor = self._tf.constant(crops.astype(self._input_dtype.as_numpy_dtype))
+        out = self._fn(**{self._input_name: tensor})
+        landmarks = out["landmarks"].numpy().astype(np.float32) / self.input_size
+        confidence = (out["confidence"].numpy().astype(np.float32) if "confidence" in out
+                      else np.ones(landmarks.shape[:2], np.float32))
+        return landmarks, confidence
+
+
+__all__ = ["KerasBackend", "SavedModelBackend"]
