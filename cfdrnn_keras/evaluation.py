@@ -168,6 +168,9 @@ def load_model(path=None, ensemble=None):
     path = Path(resolved)
     label = name or str(path)
     if not path.exists():
+        if name is not None:
+            raise EvaluationError(f"{path}: the packaged model {name!r} is missing from this install "
+                                  "(reinstall cfdrnn-keras, or pass --model PATH)")
         raise EvaluationError(f"{path}: model not found")
     try:
         if path.suffix.lower() == ".keras" and path.is_file():

@@ -229,8 +229,14 @@ def test_markdown_table_puts_the_paper_beside_ours():
 
 
 def test_missing_model_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(ev, "packaged_model_path", lambda: None)
-    with pytest.raises(ev.EvaluationError, match="no trained model ships .* pass --model"):
+    import dataclasses
+
+    from cfdrnn_keras.runtime import packaged
+
+    default = packaged.packaged_model()
+    monkeypatch.setitem(packaged.PACKAGED_MODELS, default.name,
+                        dataclasses.replace(default, tflite_file=str(tmp_path / "absent.tflite")))
+    with pytest.raises(ev.EvaluationError, match="absent.tflite: the packaged model 'fast' is missing .* --model"):
         ev.load_model(None)
     with pytest.raises(ev.EvaluationError, match="not found"):
         ev.load_model(tmp_path / "nothing.keras")
