@@ -18,6 +18,8 @@ import numpy as np
 SAVED_MODEL = "saved_model"
 TFLITE_FORMATS = ("tflite_fp32", "tflite_fp16", "tflite_int8", "tflite_int8_full")
 FORMATS = (SAVED_MODEL,) + TFLITE_FORMATS
+WEB = "web"  # a static web page (`export.web`); asked for by name, not part of the default set
+EXTRA_FORMATS = (WEB,)
 FILE_NAMES = {SAVED_MODEL: "saved_model", **{fmt: f"cfdrnn_{fmt[len('tflite_'):]}.tflite" for fmt in TFLITE_FORMATS}}
 
 
@@ -41,9 +43,10 @@ def default_calibration_root() -> Path | None:
 
 def parse_formats(text: str) -> list[str]:
     formats = [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [item for item in formats if item not in FORMATS]
+    unknown = [item for item in formats if item not in FORMATS + EXTRA_FORMATS]
     if unknown or not formats:
-        raise ValueError(f"unknown format(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
+        raise ValueError(f"unknown format(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(FORMATS + EXTRA_FORMATS)}")
     return list(dict.fromkeys(formats))
 
 

@@ -10,6 +10,9 @@ Formats (comma-separated):
   tflite_fp16       float16 weights
   tflite_int8       dynamic-range int8 (int8 weights, float activations)
   tflite_int8_full  full-integer int8 calibrated on real face crops (uint8 input, float outputs)
+  web               OUT/web/: a static web page running the full-int8 file in the browser
+                    (LiteRT.js, copied from npm; not in the default set). With tflite_int8_full in
+                    the same run it packs that file, else the packaged model's LiteRT file
 
 Each export is compared with the Keras model on real face crops; sizes and differences go to
 OUT/manifest.json and a table on stdout. Exit status 0 if every format was written, 1 otherwise,
@@ -27,7 +30,7 @@ import numpy as np
 # This script shares its name with the `export` package: take its own folder off the import path
 # (Python puts it first) so `import export` finds the package.
 
-from export import FORMATS, default_calibration_root, default_model_path, parse_formats  # noqa: E402  (no TF yet)
+from export import FORMATS, WEB, default_calibration_root, default_model_path, parse_formats  # noqa: E402  (no TF yet)
 
 
 def parse_args(argv=None):
@@ -36,7 +39,7 @@ def parse_args(argv=None):
                         help="a .keras model, or a packaged model's name (fast; default: the default packaged model's .keras network)")
     parser.add_argument("--out", default="exported", help="output folder (default: exported)")
     parser.add_argument("--formats", default=",".join(FORMATS),
-                        help=f"comma-separated formats (default: all: {','.join(FORMATS)})")
+                        help=f"comma-separated formats (default: all: {','.join(FORMATS)}; also: {WEB})")
     parser.add_argument("--calibration-data", default=None,
                         help="folder of annotated faces (image + .pts, any depth) for int8 calibration and "
                              "for the comparison with Keras (default: ../shared/data/300w beside the checkout, "
@@ -58,6 +61,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"export: {error}", file=sys.stderr)
         return 2
+    web, formats = WEB in formats, [fmt for fmt in formats if fmt != WEB]
     from cfdrnn_keras.runtime import packaged
 
     if args.model is None or args.model.removesuffix(packaged.KERAS_SUFFIX) in packaged.PACKAGED_MODELS:
@@ -68,6 +72,22 @@ def main(argv=None) -> int:
         hint = "" if args.model else " (no packaged model in this checkout: pass --model PATH)"
         print(f"export: {model_path}: model file not found{hint}", file=sys.stderr)
         return 2
+    web_model = None
+    if web and "tflite_int8_full" not in formats:  # the page packs the packaged model's LiteRT file
+        name = args.model.removesuffix(packaged.KERAS_SUFFIX) if args.model else packaged.DEFAULT_MODEL
+        if name not in packaged.PACKAGED_MODELS:
+            print(f"export: web: {args.model} is not a packaged model: add tflite_int8_full to --formats "
+                  "(the page runs that file)", file=sys.stderr)
+            return 2
+        from cfdrnn_keras import ensemble_options
+
+        if ensemble_options.options_from_args(args) not in (None, ensemble_options.EnsembleOptions()):
+            print("export: web: the packaged LiteRT file runs the default ensemble; add tflite_int8_full to "
+                  "--formats to export the page with another", file=sys.stderr)
+            return 2
+        web_model = (packaged.packaged_model(name).tflite_path, name)
+        if not formats:  # the page alone: no Keras, no calibration
+            return _export_web(args.out, *web_model)
     calibration_root = args.calibration_data or default_calibration_root()
     if calibration_root and not Path(calibration_root).is_dir():
         print(f"export: {calibration_root}: calibration data folder not found", file=sys.stderr)
@@ -108,7 +128,29 @@ def main(argv=None) -> int:
     )
     print(manifest_table(manifest))
     print(f"\nwrote {Path(args.out) / 'manifest.json'}")
-    return 1 if manifest["failed"] else 0
+    status = 1 if manifest["failed"] else 0
+    if web:
+        if web_model is None:
+            if "tflite_int8_full" in manifest["failed"]:
+                print("export: web: not written (tflite_int8_full failed)", file=sys.stderr)
+                return 1
+            web_model = (Path(args.out) / "cfdrnn_int8_full.tflite", args.model or packaged.DEFAULT_MODEL)
+        status = max(status, _export_web(args.out, *web_model))
+    return status
+
+
+def _export_web(out, model_path, model_name) -> int:
+    """`export.web.export_web` for the CLI: 0, or 1 with the reason in one line."""
+    from export.web import WebExportError, export_web
+
+    try:
+        export_web(out, model_path, model_name, log=lambda line: print(line, file=sys.stderr))
+    except WebExportError as error:
+        print(f"export: web: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {Path(out) / 'web'} (open index.html through any static server, e.g. "
+          f"python -m http.server -d {Path(out) / 'web'})")
+    return 0
 
 
 if __name__ == "__main__":
