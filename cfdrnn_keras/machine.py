@@ -36,7 +36,18 @@ def cpu_has_bf16(cpuinfo: str = CPUINFO) -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
+# The flags that decide which precision and which kernels are fast (the README's CPU table names them).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags(cpuinfo: str = CPUINFO) -> list[str]:
+    """Which of SPEED_FLAGS the CPU reports, in that order."""
+    flags = set((_cpuinfo_field("flags", cpuinfo) or "").split())
+    return [flag for flag in SPEED_FLAGS if flag in flags]
+
+
 def machine_info() -> dict:
-    """CPU count, model name, native bf16 and the load average now (for a benchmark's JSON)."""
-    return {"cpus": os.cpu_count(), "cpu": cpu_name(), "bf16_native": cpu_has_bf16(),
+    """CPU count, model name, its speed-relevant flags, native bf16 and the load average now (for a
+    benchmark's JSON)."""
+    return {"cpus": os.cpu_count(), "cpu": cpu_name(), "cpu_flags": cpu_flags(), "bf16_native": cpu_has_bf16(),
             "load_average_start": os.getloadavg()}

@@ -1,4 +1,4 @@
-"""`cfdrnn benchmark` from a checkout: Inference speed per face: Keras fp32 / bf16, SavedModel and each TFLite file, at 1 and 2 threads.
+"""`cfdrnn benchmark` from a checkout: the path users run (cold start, end to end per face, the network alone).
 
 The code is in cfdrnn_keras/cli/benchmark.py; `python tools/benchmark.py --help` lists the options.
 """

@@ -1,4 +1,4 @@
-"""tools/benchmark.py (inference): bad options, the table, and what each test-time ensemble costs in
+"""tools/benchmark_formats.py (every format): bad options, the table, and what each test-time ensemble costs in
 FLOPs, counted from the graphs it exports (no timing: timings are never asserted)."""
 import importlib.util
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-from cfdrnn_keras.cli import benchmark as bench  # noqa: E402
+from cfdrnn_keras.cli import benchmark_formats as bench  # noqa: E402
 
 
 @pytest.mark.parametrize("argv, message", [
