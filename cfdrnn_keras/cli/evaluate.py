@@ -30,9 +30,12 @@ def parse_args(argv=None):
                         help="also evaluate the validation faces that a training run held out (its RUN_DIR/"
                              "split.json from tools/train.py), so a model is scored on exactly the faces it "
                              "never trained on")
-    parser.add_argument("--model", default=None, metavar="PATH",
-                        help="a .keras file, a SavedModel folder or a .tflite file (default: the trained model that "
-                             "ships in the package)")
+    parser.add_argument("--model", default=None, metavar="NAME|PATH",
+                        help="a packaged model's name (NAME: its LiteRT file, as LandmarkDetector() runs it; "
+                             "NAME:keras: its float Keras network), a .keras file, a SavedModel folder or a .tflite "
+                             "file (default: the default packaged model, on LiteRT)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and LiteRT's own log lines (default: hidden)")
     parser.add_argument("--box", choices=("gt", "detect"), default="gt",
                         help="face box: 'gt' = box of the 68 annotated points (as HRNet/PIPNet), 'detect' = the "
                              "package's face detector; a face it misses counts as a failure (default: gt)")

@@ -38,6 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--model", default=None,
                         help="a .keras model, or a packaged model's name (fast; default: the default packaged model's .keras network)")
     parser.add_argument("--out", default="exported", help="output folder (default: exported)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and LiteRT's own log lines (default: hidden)")
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help=f"comma-separated formats (default: all: {','.join(FORMATS)}; also: {WEB})")
     parser.add_argument("--calibration-data", default=None,
