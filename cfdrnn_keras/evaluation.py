@@ -153,13 +153,14 @@ def prepare_engine(model, engine: str = "keras", num_threads: int | None = None)
     return backend
 
 
-def load_model(path=None, ensemble=None):
+def load_model(path=None, ensemble=None, trust_model: bool = False):
     """(model, name) for a packaged model's name or None (the default: its LiteRT file, as
     `LandmarkDetector()` runs it; `NAME:keras` for its float network), a .keras file (a keras.Model),
     a SavedModel folder or a .tflite file (an inference backend). Problems: one-line EvaluationError.
 
     ensemble: how a .keras CFDRNN network runs (`cfdrnn_keras.ensemble_options.EnsembleOptions`; None:
     the default, flip test and four-stage average). Exported models run as they were exported.
+    trust_model: run a SavedModel without checking its graph (`runtime.backends.load_backend`).
     """
     from .runtime import packaged
     from .runtime.backends import ModelLoadError, load_backend, one_line
@@ -174,12 +175,15 @@ def load_model(path=None, ensemble=None):
         raise EvaluationError(f"{path}: model not found")
     try:
         if path.suffix.lower() == ".keras" and path.is_file():
-            from .model.backends import KerasBackend
+            from .quiet import native_stderr_silenced
+
+            with native_stderr_silenced():  # Keras imports TensorFlow, which prints its start-up lines
+                from .model.backends import KerasBackend
 
             backend = KerasBackend(path, ensemble)  # loads safely and wraps it as `ensemble` says
             backend.model.cfdrnn_ensemble = backend.ensemble  # how it runs, for the report
             return backend.model, label
-        return load_backend(path, ensemble), label
+        return load_backend(path, ensemble, trust_model=trust_model), label
     except (ModelLoadError, EvaluationError) as error:
         raise EvaluationError(str(error)) from None
     except ImportError as error:

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import packaged
 from ..conventions import NUM_LANDMARKS, TRAIN_EXTRA_HINT
+from ..quiet import native_stderr_silenced
 
 
 class ModelLoadError(ValueError):
@@ -52,8 +53,6 @@ def litert_interpreter():
 def make_interpreter(path, num_threads: int | None = None):
     """A LiteRT interpreter for a .tflite file, made quietly in quiet mode (LiteRT prints an INFO line
     for its XNNPACK delegate on every interpreter)."""
-    from ..quiet import native_stderr_silenced
-
     Interpreter = litert_interpreter()
     with native_stderr_silenced():
         interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
@@ -110,14 +109,18 @@ class TFLiteBackend:
             data = crops.astype(np.uint8)
         else:
             data = _quantise(crops.astype(np.float32) * (1.0 / 255.0) - 0.5, self._input)
+        resized = self._batch != len(crops)  # a new batch size re-applies the delegate, which logs
         if self._runner is not None:  # the signature runner resizes its input itself
-            out = self._runner(**{self._input_name: data})
+            with native_stderr_silenced(None if resized else False):
+                out = self._runner(**{self._input_name: data})
+            self._batch = len(crops)
             landmarks = out["landmarks"]
             confidence = out.get("confidence")
         else:
-            if self._batch != len(crops):
+            if resized:
                 self._interpreter.resize_tensor_input(self._input["index"], [len(crops), *crops.shape[1:]])
-                self._interpreter.allocate_tensors()
+                with native_stderr_silenced():
+                    self._interpreter.allocate_tensors()
                 self._batch = len(crops)
             self._interpreter.set_tensor(self._input["index"], data)
             self._interpreter.invoke()
@@ -160,8 +163,6 @@ def _dequantise(values: np.ndarray, detail: dict) -> np.ndarray:
 
 def _model_side():
     """`cfdrnn_keras.model.backends`, or a one-line ModelLoadError where Keras/TensorFlow are absent."""
-    from ..quiet import native_stderr_silenced
-
     try:
         with native_stderr_silenced():  # Keras imports TensorFlow, which prints its start-up lines
             from ..model import backends
@@ -171,7 +172,7 @@ def _model_side():
     return backends
 
 
-def load_backend(model=None, ensemble=None, threads: int | None = None):
+def load_backend(model=None, ensemble=None, threads: int | None = None, trust_model: bool = False):
     """A backend for a packaged model's name (None: the default), a path (.tflite file, .keras file,
     SavedModel directory), a Keras model, or an object that already has `predict_crops`. Problems
     raise `ModelLoadError` (one line).
@@ -180,6 +181,8 @@ def load_backend(model=None, ensemble=None, threads: int | None = None):
     A SavedModel or .tflite file runs the way it was exported (`tools/export.py --flip-test/--stages`),
     so asking for another ensemble there is an error rather than silently ignored.
     threads: LiteRT interpreter threads (None: all cores).
+    trust_model: run a SavedModel without checking its graph (it is a program: by default any op that
+    this project's exports do not use, file I/O or py_func say, is refused; docs/INFERENCE.md).
     """
     if hasattr(model, "predict_crops"):
         return model
@@ -203,7 +206,7 @@ def load_backend(model=None, ensemble=None, threads: int | None = None):
         if path.is_dir():
             if not (path / "saved_model.pb").is_file():
                 raise ModelLoadError(f"{path}: a directory but not a SavedModel (no saved_model.pb)")
-            return _model_side().SavedModelBackend(path)
+            return _model_side().SavedModelBackend(path, trust_model=trust_model)
         if suffix == ".tflite":
             return TFLiteBackend(path, num_threads=default_threads() if threads is None else int(threads))
         if suffix == ".keras":

@@ -1,0 +1,70 @@
+"""The models that ship in the package: each loads by its name and by its path, in both of its files,
+and the LiteRT file users run by default scores what its float Keras network scores on real faces."""
+import numpy as np
+import pytest
+
+from cfdrnn_keras.runtime import packaged
+from cfdrnn_keras.runtime.backends import ModelLoadError, load_backend
+from cfdrnn_keras.runtime.landmarker import LandmarkDetector
+
+COMPARE_FACES = 40
+
+
+@pytest.mark.parametrize("name", sorted(packaged.PACKAGED_MODELS))
+def test_each_packaged_model_loads_by_name_and_by_path(name):
+    model = packaged.PACKAGED_MODELS[name]
+    assert model.tflite_path.is_file() and model.keras_path.is_file()
+    by_name, by_path = load_backend(name), load_backend(model.tflite_path)
+    crop = np.random.default_rng(0).integers(0, 256, (1, by_name.input_size, by_name.input_size, 3), np.uint8)
+    np.testing.assert_array_equal(by_name.predict_crops(crop)[0], by_path.predict_crops(crop)[0])
+    assert LandmarkDetector(model=name).model_name == name
+
+
+def test_the_default_is_a_packaged_model_and_unknown_names_are_one_line():
+    assert packaged.DEFAULT_MODEL in packaged.PACKAGED_MODELS
+    assert LandmarkDetector().model_name == packaged.DEFAULT_MODEL
+    with pytest.raises(ModelLoadError, match="nonesuch: model not found"):
+        load_backend("nonesuch")
+    with pytest.raises(ValueError, match="no packaged model named 'nonesuch'; packaged: "):
+        packaged.packaged_model("nonesuch")
+
+
+def test_named_models_are_different_networks():
+    files = [m.keras_path.read_bytes() for m in packaged.PACKAGED_MODELS.values()]
+    presets = [m.preset for m in packaged.PACKAGED_MODELS.values()]
+    assert len(set(files)) == len(files)
+    assert len(set(presets)) == len(presets)
+
+
+def test_package_model_files_stay_under_40_mb():
+    total = sum(path.stat().st_size for path in packaged.ASSETS.iterdir() if path.is_file())
+    assert total < 40e6, f"{total / 1e6:.1f} MB of model files in {packaged.ASSETS}"
+
+
+@pytest.fixture(scope="module")
+def real_faces(shared_data):
+    from data_pipelines.discovery import find_faces
+    from data_pipelines.geometry import face_box_from_points
+    from data_pipelines.images import read_image
+    from data_pipelines.pts import read_pts
+
+    faces = find_faces([shared_data / "300w" / "helen"], check=False)[:COMPARE_FACES]
+    return [(read_image(f.image_path), read_pts(f.pts_path)) for f in faces]
+
+
+@pytest.mark.parametrize("name", sorted(packaged.PACKAGED_MODELS))
+def test_the_litert_default_scores_what_its_keras_network_scores(name, real_faces):
+    """Issue 15: the plain install's default within 0.1 point of NME of the Keras model."""
+    pytest.importorskip("keras")
+    from data_pipelines.geometry import face_box_from_points
+
+    def mean_nme(detector):
+        errors = []
+        for image, gt in real_faces:
+            (face,) = detector.detect(image, boxes=[face_box_from_points(gt)])
+            errors.append(np.linalg.norm(face.points - gt, axis=1).mean() / np.linalg.norm(gt[36] - gt[45]))
+        return 100 * float(np.mean(errors))
+
+    litert, keras_network = mean_nme(LandmarkDetector(model=name)), mean_nme(LandmarkDetector(model=f"{name}:keras"))
+    assert litert < 10 and keras_network < 10  # both are working landmark models on these faces
+    assert abs(litert - keras_network) <= 0.1, (litert, keras_network)
