@@ -76,9 +76,10 @@ def run_command(name: str, argv: list[str], verbose: bool = False) -> int:
         print(requirement_message(name, missing), file=sys.stderr)
         return 2
     quiet.quiet_mode(not verbose)
+    # The module first: it may set environment TensorFlow reads at import (train turns oneDNN on).
+    module = importlib.import_module(f"{__name__}.{command.module}")
     if command.needs_tensorflow and not help_only:
         quiet.import_tensorflow()
-    module = importlib.import_module(f"{__name__}.{command.module}")
     saved = sys.argv[0]
     sys.argv[0] = f"cfdrnn {name}"  # argparse's prog
     try:
