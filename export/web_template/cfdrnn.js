@@ -599,12 +599,15 @@ export function drawFaces(canvas, source, faces) {
     context.lineWidth = 1.5 * unit;
     context.strokeStyle = "#00e0ff";
     context.strokeRect(x0 + 0.5, y0 + 0.5, x1 - x0, y1 - y0);
-    const radius = Math.max(1.2 * unit, (x1 - x0) / 90);
+    const radius = Math.max(1.6 * unit, (x1 - x0) / 45);
     context.fillStyle = "#ffe600";
+    context.strokeStyle = "rgba(0, 0, 0, 0.55)";
+    context.lineWidth = 0.5 * unit;
     for (const [x, y] of face.points) {
       context.beginPath();
       context.arc(x + 0.5, y + 0.5, radius, 0, 2 * Math.PI);
       context.fill();
+      context.stroke();
     }
   }
 }
