@@ -163,7 +163,7 @@ def load_model(path=None, ensemble=None, trust_model: bool = False):
     trust_model: run a SavedModel without checking its graph (`runtime.backends.load_backend`).
     """
     from .runtime import packaged
-    from .runtime.backends import ModelLoadError, load_backend, one_line
+    from .runtime.backends import ModelLoadError, check_keras_file, load_backend, one_line
 
     resolved, name = packaged.resolve(path)
     path = Path(resolved)
@@ -175,6 +175,7 @@ def load_model(path=None, ensemble=None, trust_model: bool = False):
         raise EvaluationError(f"{path}: model not found")
     try:
         if path.suffix.lower() == ".keras" and path.is_file():
+            check_keras_file(path)  # a junk or truncated file: say so, not Keras's "File not found"
             from .quiet import native_stderr_silenced
 
             with native_stderr_silenced():  # Keras imports TensorFlow, which prints its start-up lines
@@ -283,6 +284,7 @@ class Evaluation:
             "model": self.model,
             "box": self.box,
             "ensemble": self.ensemble,
+            "skipped": list(self.skipped),
             "subsets": self.subsets(),
             "per_image": [
                 {
@@ -368,6 +370,9 @@ def _prepare(face: Face, box: str, detector, input_size: int) -> _Prepared:
         image = read_image(face.image_path)
     except (PtsFormatError, ImageReadError) as error:
         return _Prepared(face, problem=str(error))
+    outside = points_outside_photo(gt, image.shape[1], image.shape[0])
+    if outside:
+        return _Prepared(face, problem=f"{face.pts_path}: {outside}")
     gt_box = face_box_from_points(gt)
     if box == "detect":
         found = best_detection(detector(image), gt_box)
@@ -379,6 +384,33 @@ def _prepare(face: Face, box: str, detector, input_size: int) -> _Prepared:
     except ValueError as error:
         return _Prepared(face, problem=f"{face.pts_path}: {error}")
     return _Prepared(face, gt=gt, crop=warp_to_crop(image, matrix, input_size), matrix=matrix)
+
+
+OUTSIDE_MARGIN = 0.5  # annotated points may lie this far outside the photo (a fraction of its size)
+
+
+def points_outside_photo(points: np.ndarray, width: int, height: int, margin: float = OUTSIDE_MARGIN) -> str | None:
+    """Why an annotation cannot belong to a width × height photo (points far outside it: another
+    photo's annotation, wrong units or scale), or None. 300-W's points lie at most 0.3 % outside."""
+    low = np.array([-margin * width, -margin * height])
+    high = np.array([(1 + margin) * width, (1 + margin) * height])
+    if np.all((points >= low) & (points <= high)):
+        return None
+    return (f"points far outside the photo ({width}x{height}; x {points[:, 0].min():.4g} to "
+            f"{points[:, 0].max():.4g}, y {points[:, 1].min():.4g} to {points[:, 1].max():.4g}): another "
+            "photo's annotation, or wrong units or scale? Not scored")
+
+
+def skip_summary(skipped: list[str], total: int | None = None) -> str:
+    """One line counting the skipped files by reason (the part of each message after its path)."""
+    reasons: dict[str, int] = {}
+    for message in skipped:
+        reason = message.split(": ", 1)[1] if ": " in message else message
+        reason = reason.split(" (")[0].split(": ")[0]  # "too large: 12000x12000 ..." → "too large"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    of = f" of {total}" if total is not None else ""
+    parts = "; ".join(f"{count} × {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{len(skipped)}{of} files skipped (each named above): {parts}"
 
 
 def _prepared_in_order(faces, box, detector, input_size: int, workers: int, prefetch: int):
@@ -479,8 +511,9 @@ def default_detector():
 def discover(roots, limit: int | None = None, on_skip: Callable[[str], None] | None = None):
     """Faces under the roots (sorted by path; the first `limit` when given) and the skipped files."""
     problems = []
-    # No header checks here: each photo is read (and checked) once, when the run crops it.
-    faces = find_faces(roots, check=False, problems=problems)
+    # No header checks here: each photo is read (and checked) once, when the run crops it. Problems
+    # go to `on_skip` only (not also to the log), and a photo without a .pts is one of them.
+    faces = find_faces(roots, check=False, problems=problems, warn=False, unannotated=True)
     messages = [str(problem) for problem in problems]
     if on_skip is not None:
         for message in messages:
@@ -531,6 +564,7 @@ def report_members(report: dict) -> dict[str, np.ndarray]:
 __all__ = [
     "BOX_MODES", "DETECTION_MIN_IOU", "ENGINES", "MISSED_FACE_ERROR", "PAPER_CFDRNN", "Evaluation", "EvaluationError",
     "FaceResult", "as_predictor", "best_detection", "box_iou", "crop_to_photo", "discover", "evaluate",
+    "points_outside_photo", "skip_summary",
     "evaluate_faces", "keras_predictor", "keras_to_tflite", "load_model", "load_report", "markdown_table",
     "prepare_engine", "report_members", "report_missed", "row_of", "subset_members",
 ]

@@ -114,22 +114,28 @@ def subset_of(face: Face) -> str:
 
 
 def find_faces(roots, *, check: bool = True, num_points: int | None = 68,
-               max_pixels: int = DEFAULT_MAX_PIXELS, problems: list | None = None) -> list[Face]:
+               max_pixels: int = DEFAULT_MAX_PIXELS, problems: list | None = None, warn: bool = True,
+               unannotated: bool = False) -> list[Face]:
     """All image + .pts pairs under one or more roots (files or folders), sorted by path.
 
     With `check`, each .pts is parsed (and must hold `num_points` points unless None) and each
-    image's header is checked (`images.check_image_file`); failures are logged, appended to
-    `problems` (as `Problem`s) and skipped. Roots that overlap are not counted twice.
+    image's header is checked (`images.check_image_file`); failures are logged (unless `warn` is
+    False: a caller that reports `problems` itself), appended to `problems` (as `Problem`s) and
+    skipped. With `unannotated`, an image without a .pts beside it is a problem too (an evaluation
+    must not skip it silently; training data may hold other photos). Roots that overlap are not
+    counted twice.
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
     found: dict[str, Face] = {}
+    seen_images: set[str] = set()
     report = problems if problems is not None else []
 
     def skip(path, message):
         problem = Problem(str(path), message)
         report.append(problem)
-        log.warning("skipped %s", problem)
+        if warn:
+            log.warning("skipped %s", problem)
 
     for root in roots:
         root = Path(root)
@@ -144,8 +150,14 @@ def find_faces(roots, *, check: bool = True, num_points: int | None = 68,
             candidates = [(pts, root.parent, _image_beside(pts))]
             base = root.parent
         else:
-            candidates = list(_walk_pts(root))
+            lonely: list[Path] = []
+            candidates = list(_walk_pts(root, lonely))
             base = root
+            if unannotated:
+                for image_path in lonely:
+                    if os.path.realpath(image_path) not in seen_images:
+                        seen_images.add(os.path.realpath(image_path))
+                        skip(image_path, "no .pts annotation beside it (not evaluated)")
         for pts_path, directory, image_path in candidates:
             key = os.path.realpath(pts_path)
             if key in found:
@@ -167,8 +179,9 @@ def find_faces(roots, *, check: bool = True, num_points: int | None = 68,
     return sorted(found.values(), key=lambda face: face.pts_path)
 
 
-def _walk_pts(root: Path):
-    """(pts path, its folder, matching image or None) for every .pts under root, following links once."""
+def _walk_pts(root: Path, lonely: list | None = None):
+    """(pts path, its folder, matching image or None) for every .pts under root, following links once;
+    images with no .pts of their stem are appended to `lonely`."""
     seen = set()
     for directory, subdirectories, files in os.walk(root, followlinks=True):
         real = os.path.realpath(directory)
@@ -178,6 +191,11 @@ def _walk_pts(root: Path):
         seen.add(real)
         subdirectories.sort()
         lower = {name.lower(): name for name in files}
+        if lonely is not None:
+            stems = {name[:-4].lower() for name in files if name.lower().endswith(".pts")}
+            lonely.extend(Path(directory) / name for name in sorted(files)
+                          if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+                          and os.path.splitext(name)[0].lower() not in stems)
         for name in sorted(files):
             if name.lower().endswith(".pts") and not name.startswith("."):
                 yield Path(directory) / name, Path(directory), _pick_image(Path(directory), name[:-4], lower)

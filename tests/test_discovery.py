@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.discovery import EXPECTED_COUNTS, SPLITS, Face, find_faces, load_split, part_of, subset_of
-from data_pipelines.images import ImageReadError, image_size_from_header, read_image
+from data_pipelines.images import ImageReadError, decode_image_bytes, image_size_from_header, read_image
 from data_pipelines.pts import write_pts
 from tests.test_geometry import face_shape
 
@@ -169,3 +169,119 @@ def test_real_shared_folders_hold_2014_faces(shared_data):
     assert report.missing == [] and report.problems == []
     assert "train: 2014 faces" in report.summary()
     assert load_split("common", shared_data / "300w", check=False).missing == ["lfpw/testset", "helen/testset"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every format's size comes from its header (issue 16, case 3)
+# ---------------------------------------------------------------------------------------------
+_RNG = np.random.default_rng(0)
+_COLOUR = _RNG.integers(0, 255, (37, 53, 3), dtype=np.uint8)
+_ALPHA = _RNG.integers(0, 255, (37, 53, 4), dtype=np.uint8)
+ENCODINGS = {  # name: (extension, pixels, imencode parameters)
+    "png": (".png", _COLOUR, []), "png16": (".png", _ALPHA.astype(np.uint16) * 257, []),
+    "jpeg": (".jpg", _COLOUR, []), "jpeg-progressive": (".jpg", _COLOUR, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+    "bmp": (".bmp", _COLOUR, []), "ppm": (".ppm", _COLOUR, []), "ppm-ascii": (".ppm", _COLOUR, [cv2.IMWRITE_PXM_BINARY, 0]),
+    "pgm": (".pgm", _COLOUR[:, :, 0], []), "pbm": (".pbm", _COLOUR[:, :, 0], []), "pam": (".pam", _COLOUR, []),
+    "pfm": (".pfm", _COLOUR.astype(np.float32) / 255, []), "tiff": (".tiff", _COLOUR, []),
+    "tiff16-rgba": (".tiff", _ALPHA.astype(np.uint16), []), "tiff-uncompressed": (".tiff", _COLOUR, [cv2.IMWRITE_TIFF_COMPRESSION, 1]),
+    "webp-lossless": (".webp", _COLOUR, [cv2.IMWRITE_WEBP_QUALITY, 101]), "webp-lossy": (".webp", _COLOUR, [cv2.IMWRITE_WEBP_QUALITY, 80]),
+    "webp-lossy-alpha": (".webp", _ALPHA, [cv2.IMWRITE_WEBP_QUALITY, 80]), "gif": (".gif", _COLOUR, []),
+    "sun-raster": (".sr", _COLOUR, []), "radiance-hdr": (".hdr", _COLOUR.astype(np.float32) / 255, []),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODINGS))
+def test_every_format_the_reader_accepts_gives_its_size_from_the_header(name):
+    extension, pixels, parameters = ENCODINGS[name]
+    ok, encoded = cv2.imencode(extension, pixels, parameters)
+    assert ok
+    data = encoded.tobytes()
+    assert image_size_from_header(data) == (53, 37)
+    assert decode_image_bytes(data, name).shape == (37, 53, 3)
+    with pytest.raises(ImageReadError, match="too large: 53x37"):
+        decode_image_bytes(data, name, max_pixels=53 * 37 - 1)
+
+
+def test_formats_whose_size_cannot_be_read_are_refused_not_decoded():
+    ok, avif = cv2.imencode(".avif", _COLOUR)
+    assert ok
+    with pytest.raises(ImageReadError, match=r"unsupported image format \(AVIF/HEIF\)"):
+        decode_image_bytes(avif.tobytes(), "a.avif")
+    with pytest.raises(ImageReadError, match=r"unsupported image format \(JPEG 2000\)"):
+        decode_image_bytes(b"\0\0\0\x0cjP  \r\n\x87\n" + bytes(100), "a.jp2")
+    # A header that is cut short is a corrupt header, whatever the format.
+    for head in (b"II*\0\x08\0\0\0", b"RIFF\0\0\0\0WEBPVP8L", b"GIF89a\x01", b"\x59\xa6\x6a\x95\0\0"):
+        with pytest.raises(ImageReadError, match="corrupt header"):
+            decode_image_bytes(head, "short")
+
+
+def _peak_rss_mb(script: str, *args) -> tuple[str, float]:
+    """Run `script` in a fresh interpreter; its stdout and its peak RSS in MB. The interpreter is a
+    grandchild, so RUSAGE_CHILDREN of the middle process measures that one run alone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    wrapper = ("import resource, subprocess, sys\n"
+               "out = subprocess.run([sys.executable, '-c', sys.argv[1], *sys.argv[2:]], capture_output=True, text=True)\n"
+               "sys.stdout.write(out.stdout + out.stderr)\n"
+               "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n")
+    result = subprocess.run([sys.executable, "-c", wrapper, script, *map(str, args)], capture_output=True, text=True,
+                            cwd=str(Path(__file__).resolve().parents[1]), timeout=120)
+    text = result.stdout
+    return text, float(text.rsplit("PEAK", 1)[1])
+
+
+READ_EACH = """
+import sys
+from data_pipelines.images import ImageReadError, read_image
+for path in sys.argv[1:]:
+    try:
+        print(path, 'decoded', read_image(path, max_pixels=50_000_000).shape)
+    except ImageReadError as error:
+        print(error)
+"""
+
+
+def test_bombs_in_every_format_are_refused_before_decoding_with_bounded_memory(tmp_path):
+    """Decoding any of these would cost 64 MB (8000² gray) to 1 GB (16000² RGBA canvas), more with the
+    RGB conversion; refused from the header, reading them costs what reading a tiny photo does."""
+    from tests import bombs
+
+    files = {
+        "png": bombs.png_bomb(tmp_path / "zeros.png", 8000, 8000),
+        "tiff": bombs.tiff_bomb(tmp_path / "zeros.tiff", 8000, 8000),
+        "tiff-big-endian": bombs.tiff_bomb(tmp_path / "zeros_mm.tif", 8000, 8000, big_endian=True),
+        "webp": bombs.webp_bomb(tmp_path / "flat.webp", 16000, 16000),
+        "gif": bombs.gif_bomb(tmp_path / "screen.gif", 16000, 16000),
+        "webp-named-jpg": bombs.webp_bomb(tmp_path / "disguised.jpg", 16000, 16000),  # content decides
+    }
+    assert all(path.stat().st_size < 200_000 for path in files.values())
+    small = {"tiff": bombs.tiff_bomb(tmp_path / "small.tiff", 64, 48), "webp": bombs.webp_bomb(tmp_path / "small.webp", 64, 48),
+             "gif": bombs.gif_bomb(tmp_path / "small.gif", 64, 48)}
+    for path in small.values():  # the generators write real, decodable files
+        assert read_image(path).shape == (48, 64, 3)
+
+    baseline_text, baseline = _peak_rss_mb(READ_EACH, small["tiff"])
+    assert "decoded (48, 64, 3)" in baseline_text
+    text, peak = _peak_rss_mb(READ_EACH, *files.values())
+    lines = [line for line in text.splitlines() if not line.startswith("PEAK")]
+    assert len(lines) == len(files)
+    for line, (name, path) in zip(lines, files.items()):
+        size = "8000x8000" if name.startswith(("png", "tiff")) else "16000x16000"
+        assert line.startswith(str(path)) and f"too large: {size}" in line, (name, line)
+    assert peak < baseline + 40, (peak, baseline)  # MB: nothing was decoded
+
+
+def test_paths_that_are_not_regular_files_are_one_line_and_never_block(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_image(tmp_path / "pipe.png")  # reading a FIFO would wait for a writer forever
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(ImageReadError, match="broken symbolic link"):
+        read_image(tmp_path / "dangling.png")
+    (tmp_path / "parent").write_bytes(b"a file")
+    with pytest.raises(ImageReadError, match="cannot read|not found"):
+        read_image(tmp_path / "parent" / "child.png")

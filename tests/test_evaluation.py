@@ -218,6 +218,43 @@ def test_bad_files_are_skipped_with_one_line_and_counted(tmp_path, samples_dir):
     assert len(messages) == 4 and all("\n" not in message for message in messages)
 
 
+def test_each_skip_is_named_once_summarised_at_the_end_and_strict_makes_it_an_error(tmp_path, samples_dir, capsys):
+    from cfdrnn_keras.cli.evaluate import main
+
+    data = tmp_path / "faces"
+    data.mkdir()
+    for name in ("lenna", "takeo"):
+        for suffix in (".png", ".pts"):
+            (data / f"{name}{suffix}").write_bytes((samples_dir / f"{name}{suffix}").read_bytes())
+    (data / "lonely.pts").write_bytes((samples_dir / "lenna.pts").read_bytes())  # no image beside it
+    (data / "unannotated.png").write_bytes((samples_dir / "lenna.png").read_bytes())  # no .pts beside it
+    (data / "scaled.png").write_bytes((samples_dir / "lenna.png").read_bytes())
+    write_pts(data / "scaled.pts", read_pts(samples_dir / "lenna.pts").astype(np.float64) * 1e12)  # wrong units
+    out = tmp_path / "run.json"
+    assert main(["--data", str(data), "--json", str(out), "--quiet"]) == 0  # the default LiteRT model
+    captured = capsys.readouterr()
+    skipped = {data / "lonely.pts": "no image with the same name beside it",
+               data / "unannotated.png": "no .pts annotation beside it",
+               data / "scaled.pts": "points far outside the photo (512x512"}
+    for path, problem in skipped.items():
+        lines = [line for line in captured.err.splitlines() if str(path) in line]
+        assert len(lines) == 1 and problem in lines[0], (path, lines)  # once, saying what is wrong
+    assert captured.err.strip().splitlines()[-1] == (
+        "3 of 5 files skipped (each named above): 1 × no .pts annotation beside it; "
+        "1 × no image with the same name beside it; 1 × points far outside the photo")
+    report = json.loads(out.read_text())
+    assert report["subsets"]["all"]["n"] == 2 and len(report["skipped"]) == 3
+    assert report["subsets"]["all"]["nme_io"] < 10  # the ×1e12 face is not in the mean
+
+    strict = tmp_path / "strict.json"
+    assert main(["--data", str(data), "--json", str(strict), "--quiet", "--strict"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: --strict: 3 of 5 files skipped")
+    assert json.loads(strict.read_text())["skipped"] == report["skipped"]  # still written, listing them
+    # Without skips --strict changes nothing.
+    assert main(["--data", str(data / "lenna.pts"), "--json", str(strict), "--quiet", "--strict"]) == 0
+
+
 def test_markdown_table_puts_the_paper_beside_ours():
     row = {"n": 554, "nme_io": 3.5, "nme_ip": 4.9, "auc08_io": 55.0, "fr08_io": 0.5}
     table = ev.markdown_table({"common": row, "private": row, "afw": row})
@@ -240,9 +277,21 @@ def test_missing_model_is_one_clear_line(tmp_path, monkeypatch):
         ev.load_model(None)
     with pytest.raises(ev.EvaluationError, match="not found"):
         ev.load_model(tmp_path / "nothing.keras")
+    # A file that exists but is not a .keras archive says so (Keras itself says "File not found").
     (tmp_path / "junk.keras").write_bytes(b"junk")
-    with pytest.raises(ev.EvaluationError, match="junk.keras: cannot load the model"):
-        ev.load_model(tmp_path / "junk.keras")
+    packaged = Path(ev.__file__).parent / "assets" / "cfdrnn_mobile.keras"
+    (tmp_path / "cut.keras").write_bytes(packaged.read_bytes()[: packaged.stat().st_size * 6 // 10])
+    for name in ("junk.keras", "cut.keras"):
+        with pytest.raises(ev.EvaluationError) as caught:
+            ev.load_model(tmp_path / name)
+        message = str(caught.value)
+        assert message.startswith(f"{tmp_path / name}: not a valid .keras file: not a complete zip archive")
+        assert "File not found" not in message and "\n" not in message
+    damaged = bytearray(packaged.read_bytes())
+    damaged[len(damaged) // 2:len(damaged) // 2 + 64] = bytes(64 * [0x5A])
+    (tmp_path / "flipped.keras").write_bytes(bytes(damaged))
+    with pytest.raises(ev.EvaluationError, match="corrupt .keras file: model.weights.h5 inside it fails its checksum"):
+        ev.load_model(tmp_path / "flipped.keras")
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +314,8 @@ def test_cli_report_has_exactly_the_documented_shape(tmp_path, shared_data, tiny
     assert code == 0
     text = out.read_text()
     report = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON {name}"))
-    assert set(report) == {"model", "box", "ensemble", "subsets", "per_image"}
+    assert set(report) - {"uncertainty"} == {"model", "box", "ensemble", "skipped", "subsets", "per_image"}
+    assert report["skipped"] == []
     assert isinstance(report["model"], str) and report["model"].endswith("tiny.keras")
     assert report["box"] == "gt" and report["ensemble"] == {"flip": True, "stages": "all"}  # the default
     assert list(report["subsets"]) == ["afw", "all"]  # sorted: the first five faces are all AFW

@@ -211,3 +211,192 @@ def test_boxes_from_pts_use_the_annotated_box(tmp_path, tiny_model):
     np.testing.assert_allclose(box, [*points.min(axis=0), *points.max(axis=0)], atol=0.006)  # 2 decimals
     assert "score" not in records["face.png"]["faces"][0]
     assert "no bare.pts beside it" in records["bare.png"]["error"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile and unlucky inputs (issue 16, cases 3, 4, 10 and 11): one line each, the others go on
+# ----------------------------------------------------------------------------------------------
+def _small_photo(path: Path) -> Path:
+    bgr = cv2.resize(cv2.imread(str(ASTRONAUT), cv2.IMREAD_COLOR), (256, 256), interpolation=cv2.INTER_AREA)
+    assert cv2.imwrite(str(path), bgr)
+    return path
+
+
+def _drop_file_permission_override():
+    """preexec_fn: as root, give up the capabilities that let root read any file, so chmod bites
+    (the process keeps uid 0 and can still run the interpreter under /root)."""
+    import ctypes
+    import os
+
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP; takes effect at exec
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def _run_predict(args, cwd, drop=False):
+    """`cfdrnn predict ARGS` in a fresh interpreter: (exit status, stdout, stderr, peak RSS in MB).
+    The command runs as a grandchild so that RUSAGE_CHILDREN measures that run alone."""
+    import subprocess
+
+    wrapper = ("import resource, subprocess, sys\n"
+               "out = subprocess.run([sys.executable, '-m', 'cfdrnn_keras', 'predict', *sys.argv[1:]], "
+               "capture_output=True, text=True)\n"
+               "sys.stdout.write(out.stdout); sys.stderr.write(out.stderr)\n"
+               "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, out.returncode)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", wrapper, *map(str, args)], capture_output=True, text=True,
+                            cwd=str(cwd), env=env, timeout=300,
+                            preexec_fn=_drop_file_permission_override if drop else None)
+    body, tail = result.stdout.rsplit("PEAK", 1)
+    peak, status = tail.split()
+    return int(status), body, result.stderr, float(peak)
+
+
+def _error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_image_bombs_in_any_format_are_refused_before_decoding_and_the_run_goes_on(tmp_path):
+    from tests import bombs
+
+    good = _small_photo(tmp_path / "good.png")
+    hostile = [bombs.tiff_bomb(tmp_path / "zeros.tiff", 8000, 8000), bombs.webp_bomb(tmp_path / "flat.webp", 16000, 16000),
+               bombs.gif_bomb(tmp_path / "screen.gif", 16000, 16000), bombs.png_bomb(tmp_path / "zeros.png", 8000, 8000)]
+    status, _, stderr, baseline = _run_predict([good, "--quiet"], tmp_path)
+    assert status == 0
+    out = tmp_path / "out.json"
+    status, _, stderr, peak = _run_predict([*hostile, good, "--json", out, "--quiet"], tmp_path)
+    assert status == 1 and "Traceback" not in stderr
+    errors = _error_lines(stderr)
+    assert len(errors) == len(hostile)
+    for line, path in zip(errors, hostile):
+        assert line.startswith(f"error: {path}: too large: ") and "(limit 50)" in line, line
+    records = {Path(r["file"]).name: r for r in json.loads(out.read_text())["inputs"]}
+    assert records["good.png"]["status"] == "ok" and len(records["good.png"]["faces"]) == 1
+    # Decoding the 16000² WebP alone would cost 768 MB (1.8 GB measured before the header check).
+    assert peak < baseline + 40, (peak, baseline)
+
+
+def test_output_paths_are_checked_before_any_work_and_nothing_written_is_lost(tmp_path):
+    good = _small_photo(tmp_path / "good.png")
+    previous = tmp_path / "previous.json"
+    previous.write_text('{"from": "an earlier run"}')
+    (tmp_path / "a_file").write_text("not a folder")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    cases = {
+        ("--json", folder): f"error: --json {folder}: is a folder; give a file name",
+        ("--json", tmp_path / "a_file" / "out.json"): f"error: --json {tmp_path / 'a_file' / 'out.json'}: "
+                                                      f"{tmp_path / 'a_file'} is a file, not a folder",
+        ("--draw", tmp_path / "a_file"): f"error: --draw {tmp_path / 'a_file'}: is a file, not a folder",
+        ("--draw", tmp_path / "a_file" / "sub"): f"error: --draw {tmp_path / 'a_file' / 'sub'}: "
+                                                 f"{tmp_path / 'a_file'} is a file, not a folder",
+    }
+    for (option, target), message in cases.items():
+        capture = _Capture()
+        with capture:
+            status = predict.main([str(good), option, str(target), "--json" if option == "--draw" else "--draw",
+                                   str(previous) if option == "--draw" else str(tmp_path / "drawn"), "--quiet"])
+        assert status == 2, (option, target)
+        assert capture.err.strip().splitlines() == [message + (", e.g. " + str(folder / "landmarks.json")
+                                                               if target == folder else "")]
+        assert previous.read_text() == '{"from": "an earlier run"}'  # the earlier results are untouched
+    assert list(folder.iterdir()) == [] and not (tmp_path / "drawn").exists()  # refused before any work
+    # A good --json replaces the earlier file only with the complete results.
+    capture = _Capture()
+    with capture:
+        assert predict.main([str(good), "--json", str(previous), "--quiet"]) == 0
+    assert json.loads(previous.read_text())["inputs"][0]["status"] == "ok"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".previous.json")]  # no temporary left
+
+
+def test_a_bad_input_path_is_one_line_and_never_aborts_the_others(tmp_path):
+    import os
+
+    good = _small_photo(tmp_path / "good.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _small_photo(locked / "inside.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    long_name = tmp_path / ("x" * 300 + ".png")
+    out, draw = tmp_path / "out" / "results.json", tmp_path / "drawn"
+    inputs = [locked / "inside.png", tmp_path / "pipe.png", tmp_path / "dangling.png", long_name, good]
+    os.chmod(locked, 0)
+    try:
+        status, _, stderr, _ = _run_predict([*inputs, "--json", out, "--draw", draw, "--quiet"], tmp_path, drop=True)
+    finally:
+        os.chmod(locked, 0o755)
+    assert status == 1 and "Traceback" not in stderr, stderr
+    expected = {
+        locked / "inside.png": "cannot read: Permission denied", tmp_path / "pipe.png": "not a regular file",
+        tmp_path / "dangling.png": "broken symbolic link", long_name: "cannot read: File name too long",
+    }
+    errors = _error_lines(stderr)
+    assert len(errors) == len(expected)
+    for line, (path, problem) in zip(errors, expected.items()):
+        assert line == f"error: {path}: {problem}", line
+    records = json.loads(out.read_text())["inputs"]
+    assert [r["file"] for r in records] == [str(p) for p in inputs]
+    assert [r["status"] for r in records] == ["error"] * 4 + ["ok"]
+    assert (draw / "good.png").is_file() and "1 of 5 inputs processed, 4 failed" in stderr
+
+
+def test_a_truncated_video_is_reported_against_its_frame_count(tmp_path):
+    bgr = cv2.resize(cv2.imread(str(ASTRONAUT), cv2.IMREAD_COLOR), (256, 256), interpolation=cv2.INTER_AREA)
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (256, 256))
+    for t in range(10):
+        writer.write(np.roll(bgr, 2 * t, axis=1))
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    out = tmp_path / "out.json"
+    capture = _Capture()
+    with capture:
+        status = predict.main([str(cut), str(whole), "--json", str(out), "--quiet"])
+    assert status == 1
+    records = {Path(r["file"]).name: r for r in json.loads(out.read_text())["inputs"]}
+    truncated = records["cut.avi"]
+    read = truncated["frames_read"]
+    assert truncated["status"] == "truncated" and truncated["frame_count"] == 10 and 0 < read < 8
+    assert len(truncated["frames"]) == read  # the frames that could be read are kept
+    assert _error_lines(capture.err) == [f"error: {cut}: truncated: {read} of 10 frames could be read "
+                                         "(the container says more)"]
+    assert records["whole.avi"]["status"] == "ok" and records["whole.avi"]["frames_read"] == 10
+
+
+def test_video_drawings_label_each_face_with_its_json_track(tmp_path, monkeypatch, samples_dir):
+    """A hard cut between two people: a new track starts, and the number drawn is the JSON's."""
+    from cfdrnn_keras.runtime import drawing
+
+    frames = []
+    for name in ("takeo.png", "lenna.png"):
+        image = cv2.imread(str(samples_dir / name))
+        frames += [cv2.resize(image, (320, 320), interpolation=cv2.INTER_AREA)] * 3
+    clip = tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 320))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    drawn_labels = []
+    original = drawing.draw_faces
+
+    def spy(image, faces, **options):
+        drawn_labels.append([drawing.face_label(face, index) for index, face in enumerate(faces)])
+        return original(image, faces, **options)
+
+    monkeypatch.setattr(drawing, "draw_faces", spy)
+    out = tmp_path / "out.json"
+    capture = _Capture()
+    with capture:
+        assert predict.main([str(clip), "--json", str(out), "--draw", str(tmp_path / "drawn"), "--smooth", "0.3",
+                             "--quiet"]) == 0
+    record = json.loads(out.read_text())["inputs"][0]
+    tracks = [[str(face["track"]) for face in frame["faces"]] for frame in record["frames"]]
+    assert drawn_labels == tracks
+    first, second = {t for frame in tracks[:3] for t in frame}, {t for frame in tracks[3:] for t in frame}
+    assert first and second and not first & second  # nobody keeps a track across the cut

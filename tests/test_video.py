@@ -120,3 +120,82 @@ def test_unreadable_videos_are_one_line_errors(tmp_path):
     with pytest.raises(VideoReadError) as info:
         list(read_frames(junk))
     assert str(junk) in str(info.value) and "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hard cuts (issue 15): a track ends where the face jumps; drawings and JSON use the same id
+# ----------------------------------------------------------------------------------------------
+def _centred(samples_dir, name, shift=0.0):
+    """A sample photo cut to a 320×320 frame with its annotated face in the middle (as a camera would
+    frame it), and that face as FaceLandmarks (the annotation, so no model is needed)."""
+    from data_pipelines.pts import read_pts
+
+    image = cv2.imread(str(samples_dir / name))[:, :, ::-1]
+    points = read_pts(samples_dir / (name.rsplit(".", 1)[0] + ".pts")).astype(np.float64)
+    (x0, y0), (x1, y1) = points.min(0), points.max(0)
+    scale = 320 / (max(x1 - x0, y1 - y0) * 2.5)
+    offset = np.array([160 + shift - (x0 + x1) / 2 * scale, 160 - (y0 + y1) / 2 * scale])
+    matrix = np.float32([[scale, 0, offset[0]], [0, scale, offset[1]]])
+    frame = cv2.warpAffine(np.ascontiguousarray(image), matrix, (320, 320), borderMode=cv2.BORDER_REFLECT)
+    points = points * scale + offset
+    box = (*points.min(0), *points.max(0))
+    return frame, FaceLandmarks(box=tuple(float(v) for v in box), points=points, confidence=np.ones(68))
+
+
+def test_a_hard_cut_to_another_person_starts_a_new_track_without_smoothing_across_it(samples_dir):
+    from cfdrnn_keras.runtime.drawing import face_label
+    from cfdrnn_keras.runtime.face_detector import iou
+
+    # takeo → einstein: two gray photos whose frames look alike (histograms closer than CUT_DISTANCE),
+    # so the faces themselves must tell them apart; einstein → lenna: a cut the frames show.
+    shots = [("takeo.png", 3), ("einstein.jpg", 3), ("lenna.png", 2)]
+    frames = [_centred(samples_dir, name, shift=2.0 * t) for name, count in shots for t in range(count)]
+    assert iou(frames[2][1].box, frames[3][1].box) > 0.3  # the boxes alone would continue the track
+
+    tracker = FaceTracker(alpha_still=0.3, beta=20.0)
+    tracked = [tracker.update([face], frame)[0] for frame, face in frames]
+    ids = [track for track, _ in tracked]
+    assert ids == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert tracker.cuts == 1  # einstein → lenna by the frames; takeo → einstein by the faces
+    for index in (3, 6):  # the first face after each cut is its own raw points: nothing blended in
+        np.testing.assert_allclose(tracked[index][1].points, frames[index][1].points)
+    assert not np.allclose(tracked[4][1].points, frames[4][1].points)  # smoothing does run within a shot
+
+    # Without the frames only boxes are compared: the old behaviour, one track through both people.
+    blind = FaceTracker()
+    assert [blind.update([face])[0][0] for _, face in frames[:6]] == [0] * 6
+
+    # The number drawn is the JSON entry's track (predict draws the entries themselves), else the index.
+    entry = {"track": ids[3], **tracked[3][1].to_dict()}
+    assert face_label(entry, 0) == "1" and face_label(tracked[3][1], 0) == "0"
+
+
+def test_truncated_video_is_detected_against_the_container_count(tmp_path):
+    from cfdrnn_keras.runtime.video import is_truncated
+
+    path = tmp_path / "clip.avi"
+    rng = np.random.default_rng(0)
+    _write_video(path, [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(10)])
+    data = path.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    capture, info = open_video(cut)
+    capture.release()
+    read = len(list(read_frames(cut)))
+    assert info.frame_count == 10 and read < 8 and is_truncated(read, info.frame_count)
+    assert not is_truncated(10, 10) and not is_truncated(9, 10)  # one frame: the containers' estimate slack
+    assert not is_truncated(7, 0)  # a stream that states no count cannot look truncated
+
+
+def test_unreadable_and_odd_video_paths_are_one_line(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(VideoReadError, match="not a regular file"):
+        open_video(fifo)  # and does not block reading a pipe
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    with pytest.raises(VideoReadError, match="broken symbolic link"):
+        open_video(tmp_path / "dangling.mp4")
+    with pytest.raises(VideoReadError, match="cannot read"):
+        open_video(tmp_path / ("x" * 300 + ".mp4"))  # a name too long: an OSError from stat itself

@@ -10,6 +10,12 @@ Every folder is searched for image + .pts pairs. 300-W test folders are grouped 
 common (lfpw/testset + helen/testset), challenging (ibug), full (common + challenging, image-weighted)
 and private (01_Indoor + 02_Outdoor); any other folder is one set named after it; "all" covers every
 face. Predictions are scored in the original photo's pixels. See docs/EVALUATION.md.
+
+Files that cannot be scored (a .pts without its image, an image without a .pts, an unreadable photo
+or .pts, points far outside their photo) are named once each as they are skipped, counted by reason
+at the end and listed in the report's "skipped"; --strict makes any of them an error (exit 1, the
+report still written). Exit status: 0 done, 1 files skipped under --strict, 2 nothing evaluated
+(no model, no faces, a usage error).
 """
 from __future__ import annotations
 
@@ -55,6 +61,10 @@ def parse_args(argv=None):
                         help="instead of evaluating, plot these reports' CED curves together into --plots "
                              "(default plots folder: plots) and print their tables")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
+    parser.add_argument("--strict", action="store_true",
+                        help="make any skipped file (a .pts without its image, an image without a .pts, an "
+                             "unreadable photo or .pts, points far outside the photo) an error: the report is "
+                             "still written, listing them, and the exit status is 1 (default: skip, list, go on)")
     from cfdrnn_keras import ensemble_options
 
     ensemble_options.add_arguments(parser)
@@ -158,6 +168,11 @@ def evaluate(args) -> int:
     if args.plots:
         for path in plot_run(ev.report_members(report), args.plots, Path(name).name):
             print(f"wrote {path}")
+    if result.skipped:
+        total = len(result.results) + len(result.skipped)
+        print(("error: --strict: " if args.strict else "") + ev.skip_summary(result.skipped, total), file=sys.stderr)
+        if args.strict:
+            return 1
     return 0
 
 

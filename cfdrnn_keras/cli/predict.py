@@ -7,20 +7,28 @@ Inputs: image files (any format OpenCV reads: jpg, png, bmp, ppm/pgm, tiff, webp
 grayscale, colour or with alpha), folders (searched recursively for image and video extensions),
 and video files (every frame, by extension: .mp4 .avi .mov .mkv .webm ...).
 
-A file that cannot be used (missing, empty, corrupt, not an image, larger than --max-pixels) gets a
-one-line message and the other inputs go on; the exit status is 1 if any input failed, 2 for a
-usage or model error, else 0. A photo in which no face is found is reported ("no face found") but
-is not a failure, unless --require-face is given: a folder of holiday photos has landscapes in it.
+A file that cannot be used (missing, unreadable, empty, corrupt, not an image, larger than
+--max-pixels: refused from its header before decoding, in every format) gets a one-line message and
+the other inputs go on; the exit status is 1 if any input failed, 2 for a usage, output-path or
+model error, else 0. The output paths (--json, --draw) are checked before any input is read: one
+line and exit 2 if they cannot be written. The JSON file is replaced only once the run is complete.
+A photo in which no face is found is reported ("no face found") but is not a failure, unless
+--require-face is given: a folder of holiday photos has landscapes in it. A video that ends before
+the frame count its container states is "truncated": its frames are kept, with "frames_read" and
+"frame_count", and it counts as a failure.
 
 JSON (--json): {"model": ..., "inputs": [{"file", "kind": "image"|"video", "status": "ok"|"no face"|
 "error", "error": message, "width", "height", "faces": [{"box": [x0, y0, x1, y1], "score", "points":
-[[x, y] × 68], "confidence": [68]}]} ...]}; a video has "fps" and "frames": [{"frame", "time",
-"faces": [... with "track"]}]. Coordinates are the original photo's pixels, 0-based pixel centres;
+[[x, y] × 68], "confidence": [68]}]} ...]}; a video ("ok", "no face" or "truncated") has "fps",
+"frames_read", "frame_count" (the container's; 0 if unknown) and "frames": [{"frame", "time",
+"faces": [... with "track"]}]; the number drawn beside a face in a video is its "track".
+Coordinates are the original photo's pixels, 0-based pixel centres;
 the box is in the 68-point-box convention (tight box of the 68 points).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -84,20 +92,107 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
-def expand_inputs(inputs) -> list[Path]:
-    """Files as given (in order), folders replaced by their image and video files (sorted, recursive)."""
+def expand_inputs(inputs, problems: list | None = None) -> list[Path]:
+    """Files as given (in order), folders replaced by their image and video files (sorted, recursive).
+
+    Never raises: a path that cannot even be examined is kept as a file (processing reports why), and
+    a subfolder that cannot be listed is appended to `problems` as "folder: cannot read: why".
+    """
     from cfdrnn_keras.runtime.video import VIDEO_EXTENSIONS
     from data_pipelines.images import IMAGE_EXTENSIONS
 
     wanted = set(IMAGE_EXTENSIONS) | {".tif", ".tiff", ".webp"} | set(VIDEO_EXTENSIONS)
+    problems = [] if problems is None else problems
     files = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted))
-        else:
+        try:
+            is_folder = path.is_dir()
+        except OSError:  # e.g. a name too long, or a parent folder it may not search
+            is_folder = False
+        if not is_folder:
             files.append(path)  # missing or odd files are reported when processed
+            continue
+
+        def unreadable(error, root=path):
+            problems.append(f"{error.filename or root}: cannot read the folder: {error.strerror or error}")
+
+        found = []
+        for directory, _, names in os.walk(path, onerror=unreadable):
+            found.extend(Path(directory) / name for name in names
+                         if Path(name).suffix.lower() in wanted and os.path.isfile(os.path.join(directory, name)))
+        files.extend(sorted(found))
     return files
+
+
+def check_outputs(json_path, draw) -> str | None:
+    """Why --json or --draw cannot be written (one line), or None; creates missing folders.
+
+    Runs before any work, so a typo in an output path costs nothing and loses nothing.
+    """
+    import tempfile
+
+    def writable(folder: Path, option: str, target: Path) -> str | None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            return f"{option} {target}: {_first_file(folder)} is a file, not a folder"
+        except NotADirectoryError:
+            return f"{option} {target}: {_first_file(folder)} is a file, not a folder"
+        except OSError as error:
+            return f"{option} {target}: cannot create {folder}: {error.strerror or error}"
+        try:
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=".cfdrnn-write-test-")
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as error:
+            return f"{option} {target}: cannot write in {folder}: {error.strerror or error}"
+        return None
+
+    if json_path:
+        target = Path(json_path)
+        if target.is_dir():
+            return f"--json {target}: is a folder; give a file name, e.g. {target / 'landmarks.json'}"
+        problem = writable(target.parent if str(target.parent) else Path("."), "--json", target)
+        if problem:
+            return problem
+    if draw:
+        target = Path(draw)
+        if target.exists() and not target.is_dir():
+            return f"--draw {target}: is a file, not a folder"
+        problem = writable(target, "--draw", target)
+        if problem:
+            return problem
+    return None
+
+
+def _first_file(folder: Path) -> Path:
+    """The nearest ancestor of `folder` (or itself) that exists and is not a folder."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return folder
+
+
+def write_json(path, content) -> None:
+    """Write the results: through a temporary file and a rename for a regular file, so an earlier
+    file is replaced only by a complete one (a device such as /dev/null is written directly)."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        with open(path, "w") as handle:
+            json.dump(content, handle)
+        return
+    import tempfile
+
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(content, stream)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 class Outputs:
@@ -146,7 +241,9 @@ def process_image(path: Path, detector, args, outputs: Outputs) -> dict:
               "faces": [face.to_dict() for face in faces]}
     if outputs.folder:
         drawn = draw_faces(image, faces)
-        cv2.imwrite(str(outputs.name(path, ".png")), drawn[:, :, ::-1])
+        target = outputs.name(path, ".png")
+        if not cv2.imwrite(str(target), drawn[:, :, ::-1]):
+            raise ValueError(f"{path}: cannot write the drawing {target}")
     return record
 
 
@@ -163,21 +260,25 @@ def process_video(path: Path, detector, args, outputs: Outputs, progress) -> dic
     bar = progress(total=info.frame_count or None, desc=path.name, unit="frame", leave=False)
     try:
         for index, frame, tracked in landmarks_in_video(path, detector, args.smooth, args.smooth_beta):
-            frames.append({"frame": index, "time": round(index / info.fps, 4) if info.fps else None,
-                           "faces": [{"track": track_id, **face.to_dict()} for track_id, face in tracked]})
+            entry = {"frame": index, "time": round(index / info.fps, 4) if info.fps else None,
+                     "faces": [{"track": track_id, **face.to_dict()} for track_id, face in tracked]}
+            frames.append(entry)
             if outputs.folder:
                 if writer is None:
                     target = outputs.name(path, ".avi")
                     writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"MJPG"), info.fps or 25.0,
                                              (frame.shape[1], frame.shape[0]))
-                writer.write(draw_faces(frame, [face for _, face in tracked])[:, :, ::-1])
+                    if not writer.isOpened():
+                        raise ValueError(f"{path}: cannot write the drawing {target}")
+                # The JSON entries themselves are drawn: the number beside a face is its "track".
+                writer.write(draw_faces(frame, entry["faces"])[:, :, ::-1])
             bar.update(1)
     finally:
         bar.close()
         if writer is not None:
             writer.release()
     return {"file": str(path), "kind": "video", "fps": info.fps, "width": info.width, "height": info.height,
-            "smooth": args.smooth, "frames": frames}
+            "smooth": args.smooth, "frames_read": len(frames), "frame_count": info.frame_count, "frames": frames}
 
 
 def face_count(record: dict) -> int:
@@ -192,11 +293,18 @@ def run(args) -> int:
     from cfdrnn_keras.runtime.face_detector import DetectorUnavailableError, FaceDetector
     from cfdrnn_keras.ensemble_options import options_from_args
     from cfdrnn_keras.runtime.landmarker import LandmarkDetector, ModelLoadError
-    from cfdrnn_keras.runtime.video import VideoReadError, is_video_path
+    from cfdrnn_keras.runtime.video import VideoReadError, is_truncated, is_video_path
     from data_pipelines.images import ImageReadError
     from data_pipelines.pts import PtsFormatError
 
-    files = expand_inputs(args.inputs)
+    problem = check_outputs(args.json_path, args.draw)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    unreadable_folders: list[str] = []
+    files = expand_inputs(args.inputs, unreadable_folders)
+    for message in unreadable_folders:
+        print(f"error: {message}", file=sys.stderr)
     if not files:
         print("error: no image or video files found in the inputs", file=sys.stderr)
         return 2
@@ -211,6 +319,9 @@ def run(args) -> int:
         return 2
     outputs = Outputs(args.draw)
     records, failed, faceless = [], 0, 0
+    for message in unreadable_folders:
+        records.append({"file": message.split(": cannot read the folder")[0], "kind": "folder", "status": "error",
+                        "error": message})
     show = not args.quiet
 
     def say(message):
@@ -240,7 +351,13 @@ def run(args) -> int:
             tqdm.write(f"error: {message}", file=sys.stderr)
             continue
         count = face_count(record)
-        if count == 0:
+        if record["kind"] == "video" and is_truncated(record["frames_read"], record["frame_count"]):
+            failed += 1
+            record["status"] = "truncated"
+            record["error"] = (f"{path}: truncated: {record['frames_read']} of {record['frame_count']} frames "
+                               "could be read (the container says more)")
+            tqdm.write(f"error: {record['error']}", file=sys.stderr)
+        elif count == 0:
             faceless += 1
             record["status"] = "no face"
             if args.require_face:
@@ -256,11 +373,15 @@ def run(args) -> int:
                 say(f"{path}: {count} face{'s' if count != 1 else ''}")
         records.append(record)
     if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json_path, "w") as handle:
-            json.dump({"model": detector.model_name, "inputs": records}, handle)
-    ok = len(files) - failed
-    summary = f"{ok} of {len(files)} inputs processed"
+        try:
+            write_json(args.json_path, {"model": detector.model_name, "inputs": records})
+        except OSError as error:
+            print(f"error: --json {args.json_path}: cannot write: {error.strerror or error}", file=sys.stderr)
+            return 2
+    failed += len(unreadable_folders)
+    total = len(files) + len(unreadable_folders)
+    ok = total - failed
+    summary = f"{ok} of {total} inputs processed"
     if faceless:
         summary += f", {faceless} without a face"
     if failed:

@@ -10,7 +10,8 @@ Conventions (DESIGN.md §1–2):
   encoded as a Gaussian of σ heat-map pixels (peak 1, background 0) centred at p / stride, with
   sub-pixel precision (paper Eq. 5).
 - Decoding (Eqs. 1–4): coarse point = stride · argmax(H); final point = coarse + Δ. The argmax
-  carries no gradient.
+  carries no gradient. At test time `subpixel_peaks` refines the argmax from the heat-map's own
+  shape before Δ is added (the test-time ensemble does it by default; training keeps Eq. 4 as is).
 """
 from __future__ import annotations
 
@@ -87,6 +88,63 @@ def heatmap_peaks(heatmaps, stride: int = 4, input_size: int = 256):
     points = ops.stack([x, y], axis=-1) * float(stride) / float(input_size)
     peak = ops.cast(ops.max(flat, axis=1), "float32")
     return points, peak
+
+
+def subpixel_peaks(heatmaps, stride: int = 4, input_size: int = 256):
+    """Normalised points at the heat-map peak refined to sub-pixel precision (B, N, 2); no gradient.
+
+    Around the argmax, a parabola through the log heat-map's three values along each axis puts the
+    peak at argmax + (L₋ − L₊) / (2 (L₋ − 2 L₀ + L₊)), clipped to ±1 pixel. The targets are Gaussians
+    (Eq. 5), whose logarithm IS a parabola, so a clean target decodes exactly; a peak on the border,
+    a flat or a dead (all-zero) map keeps the integer argmax. Eq. 4 then adds Δ as usual. Measured on
+    the packaged `fast` model's 201 validation faces: 3.68 → 3.35 % NME with the default ensemble
+    (docs/TRAINING.md, decoding ablation); HRNet's quarter-pixel shift gets 85 % of that.
+    """
+    heatmaps = ops.stop_gradient(ops.cast(heatmaps, "float32"))
+    height, width, count = heatmaps.shape[1], heatmaps.shape[2], heatmaps.shape[3]
+    flat = ops.reshape(heatmaps, (-1, height * width, count))
+    index = _argmax_flat(flat)
+    x, y = index % width, index // width
+    log_at = lambda i: ops.log(ops.maximum(  # noqa: E731  (log h at flat index i, per point)
+        ops.squeeze(ops.take_along_axis(flat, ops.clip(i, 0, height * width - 1)[:, None, :], axis=1), 1), 1e-10))
+    centre = log_at(index)
+
+    def offset(before, after, inside):
+        curvature = before - 2.0 * centre + after
+        usable = ops.logical_and(inside, curvature < 0.0)
+        safe = ops.where(usable, curvature, -1.0)
+        return ops.where(usable, ops.clip(0.5 * (before - after) / safe, -1.0, 1.0), 0.0)
+
+    dx = offset(log_at(index - 1), log_at(index + 1), ops.logical_and(x > 0, x < width - 1))
+    dy = offset(log_at(index - width), log_at(index + width), ops.logical_and(y > 0, y < height - 1))
+    points = ops.stack([ops.cast(x, "float32") + dx, ops.cast(y, "float32") + dy], axis=-1)
+    return points * float(stride) / float(input_size)
+
+
+def subpixel_peaks_numpy(heatmaps, stride: int = 4, input_size: int = 256) -> np.ndarray:
+    """numpy twin of `subpixel_peaks`, for tests and evaluation code."""
+    heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    batch, height, width, count = heatmaps.shape
+    flat = heatmaps.reshape(batch, height * width, count)
+    index = flat.argmax(axis=1)
+    x, y = index % width, index // width
+
+    def log_at(i):
+        values = np.take_along_axis(flat, np.clip(i, 0, height * width - 1)[:, None, :], axis=1)[:, 0]
+        return np.log(np.maximum(values, 1e-10))
+
+    centre = log_at(index)
+
+    def offset(before, after, inside):
+        curvature = before - 2.0 * centre + after
+        usable = inside & (curvature < 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shift = np.clip(0.5 * (before - after) / np.where(usable, curvature, -1.0), -1.0, 1.0)
+        return np.where(usable, shift, 0.0)
+
+    dx = offset(log_at(index - 1), log_at(index + 1), (x > 0) & (x < width - 1))
+    dy = offset(log_at(index - width), log_at(index + width), (y > 0) & (y < height - 1))
+    return (np.stack([x + dx, y + dy], axis=-1) * stride / input_size).astype(np.float32)
 
 
 def heatmap_peaks_numpy(heatmaps, stride: int = 4, input_size: int = 256):

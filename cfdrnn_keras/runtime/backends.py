@@ -172,6 +172,28 @@ def _model_side():
     return backends
 
 
+def check_keras_file(path) -> None:
+    """A `.keras` file is a zip archive holding config.json and the weights: raise `ModelLoadError`
+    saying which part is wrong (Keras itself answers "File not found" for a file that exists but is
+    not a zip, e.g. truncated). Needs neither Keras nor TensorFlow."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if "config.json" not in names:
+                raise ModelLoadError(f"{path}: not a Keras model: the archive has no config.json")
+            damaged = archive.testzip()  # the first member whose checksum fails
+    except zipfile.BadZipFile as error:
+        raise ModelLoadError(f"{path}: not a valid .keras file: not a complete zip archive (truncated or "
+                             f"corrupt: {one_line(error)})") from None
+    except (OSError, EOFError) as error:
+        raise ModelLoadError(f"{path}: cannot read the .keras file: {getattr(error, 'strerror', None) or one_line(error)}") from None
+    if damaged is not None:
+        raise ModelLoadError(f"{path}: corrupt .keras file: {damaged} inside it fails its checksum")
+
+
 def load_backend(model=None, ensemble=None, threads: int | None = None, trust_model: bool = False):
     """A backend for a packaged model's name (None: the default), a path (.tflite file, .keras file,
     SavedModel directory), a Keras model, or an object that already has `predict_crops`. Problems
@@ -210,6 +232,7 @@ def load_backend(model=None, ensemble=None, threads: int | None = None, trust_mo
         if suffix == ".tflite":
             return TFLiteBackend(path, num_threads=default_threads() if threads is None else int(threads))
         if suffix == ".keras":
+            check_keras_file(path)  # before Keras, whose message for a broken file is "File not found"
             return _model_side().KerasBackend(path, ensemble)
     except ModelLoadError:
         raise
@@ -220,5 +243,5 @@ def load_backend(model=None, ensemble=None, threads: int | None = None, trust_mo
                          "a .keras file or a SavedModel directory")
 
 
-__all__ = ["ModelLoadError", "TFLiteBackend", "default_threads", "litert_interpreter", "load_backend",
+__all__ = ["ModelLoadError", "TFLiteBackend", "check_keras_file", "default_threads", "litert_interpreter", "load_backend",
            "make_interpreter", "one_line"]

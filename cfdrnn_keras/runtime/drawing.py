@@ -37,7 +37,8 @@ def draw_faces(image_rgb: np.ndarray, faces, draw_boxes: bool = True, draw_conto
     """A copy of the RGB photo with each face's box, contours and points drawn on it.
 
     faces: objects with `.box`, `.points` (68, 2) and `.confidence` (68,) — `FaceLandmarks` — or dicts
-    with the same keys (as in predict.py's JSON).
+    with the same keys (as in predict.py's JSON). Each face is labelled by `face_label`: its track id
+    where it has one (a video's JSON entry), else its index in the list.
     """
     canvas = np.ascontiguousarray(np.asarray(image_rgb, dtype=np.uint8).copy())
     shift = 4  # sub-pixel drawing: coordinates are given ×16
@@ -52,7 +53,7 @@ def draw_faces(image_rgb: np.ndarray, faces, draw_boxes: bool = True, draw_conto
             corner1 = (int(round(box[2] * scale)), int(round(box[3] * scale)))
             cv2.rectangle(canvas, corner0, corner1, BOX_COLOUR, thickness, cv2.LINE_AA, shift)
             if label:
-                text = f"{index}"
+                text = face_label(face, index)
                 cv2.putText(canvas, text, (int(box[0]), max(12, int(box[1]) - 4)), cv2.FONT_HERSHEY_SIMPLEX,
                             max(0.4, side / 300), BOX_COLOUR, thickness, cv2.LINE_AA)
         fixed = np.round(np.asarray(points, dtype=np.float64) * scale).astype(np.int32)
@@ -66,6 +67,13 @@ def draw_faces(image_rgb: np.ndarray, faces, draw_boxes: bool = True, draw_conto
     return canvas
 
 
+def face_label(face, index: int) -> str:
+    """The number drawn beside a face: its "track" (a video's JSON entry, or an object with a
+    `.track`) so the drawing and the JSON name a face alike; else its index in the frame."""
+    track = face.get("track") if isinstance(face, dict) else getattr(face, "track", None)
+    return str(index if track is None else track)
+
+
 def _fields(face):
     if isinstance(face, dict):
         box, points = face["box"], face["points"]
@@ -75,4 +83,4 @@ def _fields(face):
     return [float(v) for v in box[:4]], np.asarray(points, dtype=np.float64), np.asarray(confidence, np.float64)
 
 
-__all__ = ["CONTOURS", "confidence_colour", "draw_faces"]
+__all__ = ["CONTOURS", "confidence_colour", "draw_faces", "face_label"]
