@@ -14,10 +14,13 @@ class EnsembleOptions:
 
     flip: also run the mirrored crop and average (2× compute).
     stages: "all" averages the four stages' landmarks; "last" uses the final stage only (the paper).
+    subpixel: refine each heat-map peak from the map's own shape before Δ is added
+        (`codec.subpixel_peaks`; the paper's Eq. 4 takes the integer argmax). Costs nothing.
     """
 
     flip: bool = True
     stages: str = "all"
+    subpixel: bool = True
 
     def __post_init__(self):
         if self.stages not in STAGE_CHOICES:
@@ -25,23 +28,25 @@ class EnsembleOptions:
 
     @property
     def is_plain(self) -> bool:
-        """True when this is the bare network's own `landmarks` output (last stage, no flip)."""
-        return not self.flip and self.stages == "last"
+        """True when this is the bare network's own `landmarks` output (last stage, argmax, no flip)."""
+        return not self.flip and self.stages == "last" and not self.subpixel
 
     def describe(self) -> str:
         parts = ["four-stage average" if self.stages == "all" else "last stage"]
+        parts.append("sub-pixel peaks" if self.subpixel else "argmax peaks")
         parts.append("flip test" if self.flip else "no flip")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
-        return {"flip": self.flip, "stages": self.stages}
+        return {"flip": self.flip, "stages": self.stages, "subpixel": self.subpixel}
 
 
-PLAIN = EnsembleOptions(flip=False, stages="last")
+PLAIN = EnsembleOptions(flip=False, stages="last", subpixel=False)
 
 
 def add_arguments(parser, exported: bool = False) -> None:
-    """`--flip-test/--no-flip-test` and `--stages` for a command-line tool (defaults: the ensemble)."""
+    """`--flip-test/--no-flip-test`, `--stages` and `--subpixel/--no-subpixel` for a command-line tool
+    (defaults: the full ensemble; all three off/last is the bare network, the paper's output)."""
     import argparse
 
     where = "the exported files run" if exported else "a .keras model runs (exported models run as exported)"
@@ -51,16 +56,21 @@ def add_arguments(parser, exported: bool = False) -> None:
     group.add_argument("--stages", choices=STAGE_CHOICES, default=None,
                        help="average the landmarks of all four stages, or use the last (the paper's "
                             "output) (default: all)")
+    group.add_argument("--subpixel", action=argparse.BooleanOptionalAction, default=None,
+                       help="refine each heat-map peak to sub-pixel precision before adding the offsets "
+                            "(no extra cost; default: on; --no-flip-test --stages last --no-subpixel is the "
+                            "bare network, the paper's Eq. 4)")
 
 
 def options_from_args(args) -> EnsembleOptions | None:
-    """The options the flags ask for, or None where neither flag was given (the model's default)."""
-    if args.flip_test is None and args.stages is None:
+    """The options the flags ask for, or None where no flag was given (the model's default)."""
+    subpixel = getattr(args, "subpixel", None)
+    if args.flip_test is None and args.stages is None and subpixel is None:
         return None
     default = EnsembleOptions()
     return EnsembleOptions(flip=default.flip if args.flip_test is None else args.flip_test,
-                           stages=args.stages or default.stages)
-
+                           stages=args.stages or default.stages,
+                           subpixel=default.subpixel if subpixel is None else subpixel)
 
 
 __all__ = ["EnsembleOptions", "PLAIN", "STAGE_CHOICES", "add_arguments", "options_from_args"]

@@ -25,7 +25,7 @@ import keras
 from keras import ops
 
 from ..ensemble_options import PLAIN, STAGE_CHOICES, EnsembleOptions, add_arguments, options_from_args  # noqa: F401  (re-exported)
-from .codec import heatmap_peaks
+from .codec import heatmap_peaks, subpixel_peaks
 
 @keras.saving.register_keras_serializable(package="cfdrnn")
 class MirrorBatch(keras.layers.Layer):
@@ -41,19 +41,27 @@ class MirrorBatch(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cfdrnn")
 class StageAverage(keras.layers.Layer):
-    """Mean over stages of Eq. 4's landmarks: s·argmax(H_j)/S + Δ_j, for lists of heat-maps and Δ."""
+    """Mean over stages of Eq. 4's landmarks: s·peak(H_j)/S + Δ_j, for lists of heat-maps and Δ.
 
-    def __init__(self, stride: int = 4, input_size: int = 256, **kwargs):
+    subpixel: the peak refined from the heat-map's shape (`codec.subpixel_peaks`) instead of the
+    integer argmax (`codec.heatmap_peaks`, the paper's Eq. 4). Off in saved files that predate it.
+    """
+
+    def __init__(self, stride: int = 4, input_size: int = 256, subpixel: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.stride = int(stride)
         self.input_size = int(input_size)
+        self.subpixel = bool(subpixel)
 
     def call(self, heatmaps, deltas):
         if len(heatmaps) != len(deltas) or not heatmaps:
             raise ValueError(f"need as many heat-maps as offsets (≥ 1), got {len(heatmaps)} and {len(deltas)}")
         total = None
         for h, d in zip(heatmaps, deltas):
-            coarse, _ = heatmap_peaks(ops.cast(h, "float32"), self.stride, self.input_size)
+            if self.subpixel:
+                coarse = subpixel_peaks(h, self.stride, self.input_size)
+            else:
+                coarse, _ = heatmap_peaks(ops.cast(h, "float32"), self.stride, self.input_size)
             points = coarse + ops.cast(d, "float32")
             total = points if total is None else total + points
         return total / float(len(heatmaps))
@@ -63,7 +71,7 @@ class StageAverage(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(stride=self.stride, input_size=self.input_size)
+        config.update(stride=self.stride, input_size=self.input_size, subpixel=self.subpixel)
         return config
 
 
@@ -136,17 +144,18 @@ def build_test_time_model(network: keras.Model, options: EnsembleOptions = Ensem
         permutation = MIRROR_PERMUTATION_68
 
     if options.stages == "last":  # only the final stage is read: let Keras prune the other tails
-        network = keras.Model(network.inputs, {"landmarks": outputs["landmarks"],
-                                               "confidence": outputs["confidence"]}, name=network.name)
+        kept = {"landmarks": outputs["landmarks"], "confidence": outputs["confidence"]}
+        if options.subpixel:  # the sub-pixel peak reads the last heat-maps and offsets
+            kept.update({f"heatmaps_{stages}": outputs[f"heatmaps_{stages}"], f"delta_{stages}": outputs[f"delta_{stages}"]})
+        network = keras.Model(network.inputs, kept, name=network.name)
     image = keras.Input(network.inputs[0].shape[1:], name="image")
     batch = MirrorBatch(name="mirror_batch")(image) if options.flip else image
     results = network(batch, training=False)
-    if options.stages == "all":
-        stride = size // int(results["heatmaps_1"].shape[1])
-        landmarks = StageAverage(stride, size, name="stage_average")(
-            [results[f"heatmaps_{j}"] for j in range(1, stages + 1)],
-            [results[f"delta_{j}"] for j in range(1, stages + 1)],
-        )
+    averaged = list(range(1, stages + 1)) if options.stages == "all" else [stages]
+    if options.stages == "all" or options.subpixel:
+        stride = size // int(results[f"heatmaps_{averaged[0]}"].shape[1])
+        landmarks = StageAverage(stride, size, subpixel=options.subpixel, name="stage_average")(
+            [results[f"heatmaps_{j}"] for j in averaged], [results[f"delta_{j}"] for j in averaged])
     else:
         landmarks = results["landmarks"]
     confidence = results["confidence"]
