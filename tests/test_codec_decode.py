@@ -82,3 +82,28 @@ def test_decoder_config_round_trip():
     clone = HeatmapDecoder.from_config(layer.get_config())
     assert (clone.stride, clone.input_size, clone.name) == (4, 128, "dec")
     assert keras.saving.get_registered_object("cfdrnn>HeatmapDecoder") is HeatmapDecoder
+
+
+def test_subpixel_peaks_recover_gaussian_targets_exactly():
+    """The log of a Gaussian target is a parabola, so the refined peak is the encoded point itself."""
+    from cfdrnn_keras.model.codec import encode_heatmaps_numpy, subpixel_peaks, subpixel_peaks_numpy
+
+    rng = np.random.default_rng(3)
+    points = rng.uniform(8, 120, (2, 68, 2)).astype(np.float32)  # crop pixels of a 128 crop, off the grid
+    maps = encode_heatmaps_numpy(points, 128, 4, 1.3)
+    np.testing.assert_allclose(subpixel_peaks_numpy(maps, 4, 128) * 128, points, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(subpixel_peaks(maps, 4, 128)) * 128, points, atol=2e-3)
+
+
+def test_subpixel_peaks_keep_the_argmax_where_the_map_cannot_say_more():
+    from cfdrnn_keras.model.codec import heatmap_peaks_numpy, subpixel_peaks, subpixel_peaks_numpy
+
+    maps = np.zeros((1, 8, 8, 3), np.float32)
+    maps[0, 0, 5, 1] = 1.0                 # peak on the top border: y has no neighbour above
+    maps[0, 3, 3, 2] = maps[0, 3, 4, 2] = 1.0  # a plateau: x is flat, no curvature to use
+    expected = heatmap_peaks_numpy(maps, 4, 32)[0]  # channel 0 is dead: argmax (0, 0)
+    got = subpixel_peaks_numpy(maps, 4, 32)
+    np.testing.assert_allclose(got[0, 0], expected[0, 0])
+    assert got[0, 1, 1] == expected[0, 1, 1]          # border axis unchanged
+    assert abs(got[0, 2, 0] - expected[0, 2, 0]) <= 0.5 * 4 / 32 + 1e-6  # plateau: at most half a cell
+    np.testing.assert_allclose(np.asarray(subpixel_peaks(maps, 4, 32)), got, atol=1e-6)

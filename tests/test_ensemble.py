@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cfdrnn_keras import build_cfdrnn, get_preset
-from cfdrnn_keras.model.codec import heatmap_peaks_numpy
+from cfdrnn_keras.model.codec import heatmap_peaks_numpy, subpixel_peaks_numpy
 from cfdrnn_keras.model.ensemble import (
     PLAIN,
     EnsembleOptions,
@@ -89,9 +89,17 @@ def test_stage_average_matches_the_network_stage_outputs(tiny_network):
     outputs = {k: np.asarray(v) for k, v in tiny_network(x, training=False).items()}
     expected = np.mean([heatmap_peaks_numpy(outputs[f"heatmaps_{j}"], 4, 64)[0] + outputs[f"delta_{j}"]
                         for j in (1, 2, 3, 4)], axis=0)
-    model = build_test_time_model(tiny_network, EnsembleOptions(flip=False, stages="all"))
+    model = build_test_time_model(tiny_network, EnsembleOptions(flip=False, stages="all", subpixel=False))
     np.testing.assert_allclose(np.asarray(model(x)["landmarks"]), expected, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(model(x)["confidence"]), outputs["confidence"])
+    # with sub-pixel peaks, the same average over codec.subpixel_peaks_numpy's independent numpy twin
+    subpixel = np.mean([subpixel_peaks_numpy(outputs[f"heatmaps_{j}"], 4, 64) + outputs[f"delta_{j}"]
+                        for j in (1, 2, 3, 4)], axis=0)
+    model = build_test_time_model(tiny_network, EnsembleOptions(flip=False, stages="all"))
+    np.testing.assert_allclose(np.asarray(model(x)["landmarks"]), subpixel, atol=1e-5)
+    last = build_test_time_model(tiny_network, EnsembleOptions(flip=False, stages="last"))
+    np.testing.assert_allclose(np.asarray(last(x)["landmarks"]),
+                               subpixel_peaks_numpy(outputs["heatmaps_4"], 4, 64) + outputs["delta_4"], atol=1e-5)
 
 
 def test_ensemble_saves_and_loads_safely(tiny_network, tmp_path):
@@ -167,7 +175,9 @@ def test_command_line_flags():
     assert options_from_args(parser.parse_args([])) is None
     assert options_from_args(parser.parse_args(["--no-flip-test"])) == EnsembleOptions(flip=False, stages="all")
     assert options_from_args(parser.parse_args(["--stages", "last"])) == EnsembleOptions(flip=True, stages="last")
-    assert options_from_args(parser.parse_args(["--no-flip-test", "--stages", "last"])).is_plain
+    assert not options_from_args(parser.parse_args(["--no-flip-test", "--stages", "last"])).is_plain
+    assert options_from_args(parser.parse_args(["--no-flip-test", "--stages", "last", "--no-subpixel"])).is_plain
+    assert options_from_args(parser.parse_args(["--no-subpixel"])) == EnsembleOptions(subpixel=False)
 
 
 def test_exported_models_refuse_another_ensemble(tmp_path, capsys):

@@ -65,7 +65,7 @@ def exported(tiny_model_path, shared_data, tmp_path_factory):
     status = _load_cli().main([
         "--model", str(tiny_model_path), "--out", str(out), "--formats", ",".join(TFLITE_FORMATS),
         "--calibration-data", str(shared_data / "300w"), "--calibration-count", "8", "--compare-count", "4",
-        "--no-flip-test", "--stages", "last",  # the bare network here; the ensemble is tested below
+        "--no-flip-test", "--stages", "last", "--no-subpixel",  # the bare network; the ensemble is tested below
     ])
     return status, out
 
