@@ -58,6 +58,13 @@ class EvaluationError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 def keras_predictor(model) -> Predictor:
     """uint8 crops → normalised landmarks through a Keras model, fetching only the landmarks output."""
+    full = keras_full_predictor(model)
+    return lambda crops: full(crops)[0]
+
+
+def keras_full_predictor(model):
+    """uint8 crops → (normalised landmarks, uncertainty in crop pixels or None, face_score or None)
+    through a Keras model, fetching only those outputs."""
     import keras
 
     outputs = model.outputs
@@ -69,16 +76,19 @@ def keras_predictor(model) -> Predictor:
         outputs = outputs[0]
     else:
         raise EvaluationError(f"model {model.name!r} has {len(outputs)} unnamed outputs; cannot tell the landmarks")
-    landmarks_model = keras.Model(model.inputs, outputs)
+    extras = [name for name in ("uncertainty", "face_score") if isinstance(model.output, dict) and name in model.output]
+    landmarks_model = keras.Model(model.inputs, {"landmarks": outputs, **{name: model.output[name] for name in extras}})
     largest = [0]
 
-    def predict(crops: np.ndarray) -> np.ndarray:
+    def predict(crops: np.ndarray):
         count = len(crops)
         largest[0] = max(largest[0], count)
         if count < largest[0]:  # pad a short last batch: one traced graph instead of a second trace
             crops = np.concatenate([crops, np.zeros((largest[0] - count, *crops.shape[1:]), crops.dtype)])
         images = crops.astype(np.float32) * (1.0 / 255.0) - 0.5
-        return np.asarray(landmarks_model.predict_on_batch(images))[:count]
+        out = landmarks_model.predict_on_batch(images)
+        get = lambda name: np.asarray(out[name])[:count] if name in out else None  # noqa: E731
+        return np.asarray(out["landmarks"])[:count], get("uncertainty"), get("face_score")
 
     return predict
 
@@ -87,6 +97,21 @@ def is_keras_model(model) -> bool:
     """True for a keras.Model, without importing Keras where nothing has (a LiteRT-only evaluation)."""
     keras = sys.modules.get("keras")
     return keras is not None and isinstance(model, keras.Model)
+
+
+def as_full_predictor(model):
+    """As `as_predictor`, but the function gives (landmarks (B, 68, 2), uncertainty (B, 68) in crop
+    pixels or None, face_score (B,) or None) — issue 17's outputs where the model has them."""
+    if is_keras_model(model):
+        return keras_full_predictor(model)
+    if hasattr(model, "predict_crops"):
+        def predict_crops(crops):
+            result = model.predict_crops(crops)
+            return (np.asarray(result[0]), getattr(result, "uncertainty", None), getattr(result, "face_score", None))
+
+        return predict_crops
+    plain = as_predictor(model)
+    return lambda crops: (plain(crops), None, None)
 
 
 def as_predictor(model) -> Predictor:
@@ -237,6 +262,9 @@ class FaceResult:
     subset: str
     gt: np.ndarray
     pred: np.ndarray | None
+    uncertainty: np.ndarray | None = None  # (68,) expected error per point, photo pixels (issue 17)
+    face_score: float | None = None
+    crop_scale: float | None = None  # crop pixels per photo pixel of the crop the model saw
 
     @property
     def missed(self) -> bool:
@@ -277,6 +305,28 @@ class Evaluation:
         flags = np.array([result.missed for result in self.results], dtype=bool)
         return {name: int(flags[index].sum()) for name, index in self.members().items()}
 
+    def uncertainty(self) -> dict | None:
+        """Issue 17's figures over the faces with a prediction and an uncertainty: Spearman, AUROC for
+        points off by > 0.08 inter-ocular, per-fifth calibration ratios (`uncertainty_metrics`);
+        None when the model gives no uncertainty."""
+        from .uncertainty_metrics import uncertainty_summary
+
+        done = [r for r in self.results if r.pred is not None and r.uncertainty is not None]
+        if not done:
+            return None
+        u = np.stack([r.uncertainty for r in done])
+        e = np.stack([np.linalg.norm(r.pred - r.gt, axis=-1) for r in done])
+        iod = np.array([float(metrics.inter_ocular_distance(r.gt)) for r in done])
+        scales = [r.crop_scale for r in done]
+        relative = None if any(v is None for v in scales) else u * np.asarray(scales, np.float64)[:, None]
+        summary = uncertainty_summary(u, e, iod, uncertainty_crop=relative)  # ranked in crop pixels
+        summary["faces"] = len(done)
+        scores = [r.face_score for r in done if r.face_score is not None]
+        if scores:
+            summary["face_score_min"] = float(np.min(scores))
+            summary["face_score_median"] = float(np.median(scores))
+        return summary
+
     def to_json(self) -> dict:
         """The report: model, subsets (percent) and per-image errors with points in photo pixels."""
         io = self.errors("inter_ocular")
@@ -286,6 +336,7 @@ class Evaluation:
             "ensemble": self.ensemble,
             "skipped": list(self.skipped),
             "subsets": self.subsets(),
+            "uncertainty": self.uncertainty(),
             "per_image": [
                 {
                     "file": result.file,
@@ -293,6 +344,9 @@ class Evaluation:
                     "nme_io": 100.0 * float(error),
                     "pred": [] if result.pred is None else np.asarray(result.pred, dtype=float).tolist(),
                     "gt": np.asarray(result.gt, dtype=float).tolist(),
+                    **({} if result.uncertainty is None or result.pred is None else
+                       {"uncertainty": np.round(np.asarray(result.uncertainty, dtype=float), 3).tolist()}),
+                    **({} if result.face_score is None else {"face_score": round(float(result.face_score), 4)}),
                 }
                 for result, error in zip(self.results, io)
             ],
@@ -441,7 +495,7 @@ def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detec
         raise EvaluationError(f"batch size must be at least 1, got {batch_size}")
     if box == "detect" and detector is None:
         detector = default_detector()
-    predict = as_predictor(model)
+    predict = as_full_predictor(model)
     input_size = input_size_of(model)
     name = model_name
     if name is None:
@@ -462,16 +516,22 @@ def evaluate_faces(faces, model, *, box: str = "gt", batch_size: int = 16, detec
         if not batch:
             return
         crops = np.stack([item.crop for item in batch])
-        landmarks = np.asarray(predict(crops))
+        landmarks, uncertainty, face_score = predict(crops)
+        landmarks = np.asarray(landmarks)
         if landmarks.shape != (len(batch), metrics.NUM_LANDMARKS, 2):
             raise EvaluationError(f"the model returned landmarks of shape {landmarks.shape}, "
                                   f"expected ({len(batch)}, {metrics.NUM_LANDMARKS}, 2)")
         points = crop_to_photo(landmarks, [item.matrix for item in batch], input_size)
-        for item, pred in zip(batch, points):
+        for index, (item, pred) in enumerate(zip(batch, points)):
             if not np.all(np.isfinite(pred)):
                 say(f"{item.face.image_path}: the model returned non-finite landmarks; counted as a failure")
                 pred = None
-            evaluation.results.append(FaceResult(item.face.image_path, row_of(item.face), item.gt, pred))
+            # uncertainty: crop pixels → photo pixels, ÷ the crop's scale (a similarity)
+            scale = float(np.sqrt(abs(np.linalg.det(item.matrix[:2, :2]))))
+            u = None if uncertainty is None else np.asarray(uncertainty[index], np.float64) / scale
+            score = None if face_score is None else float(face_score[index])
+            evaluation.results.append(FaceResult(item.face.image_path, row_of(item.face), item.gt, pred, u, score,
+                                                 scale))
         bar.update(len(batch))
         batch.clear()
 

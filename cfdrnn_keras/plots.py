@@ -77,3 +77,43 @@ def plot_compare(runs: dict, directory) -> list[Path]:
         curves = {label: members[subset] for label, members in runs.items()}
         paths.append(plot_ced(curves, Path(directory) / f"ced_compare_{safe_name(subset)}.png", f"CED, {subset}"))
     return paths
+
+
+def plot_reliability(uncertainty_px, error_px, path, title: str = "Uncertainty reliability", bins: int = 10) -> Path:
+    """Reliability diagram of a per-point uncertainty (issue 17): points ranked by predicted
+    uncertainty, cut into `bins` equal groups; each group's mean actual error against its mean
+    prediction (photo pixels, log axes), with the diagonal and the ±25 % band of the goal; the
+    five fifths' ratios in the legend."""
+    from .uncertainty_metrics import fifth_ratios
+
+    plt = _pyplot()
+    u = np.asarray(uncertainty_px, np.float64).ravel()
+    e = np.asarray(error_px, np.float64).ravel()
+    groups = fifth_ratios(u, e, bins)
+    fifths = fifth_ratios(u, e, 5)
+    predicted = np.array([g["predicted"] for g in groups])
+    actual = np.array([g["actual"] for g in groups])
+    figure, axes = plt.subplots(figsize=(5.6, 5.2), dpi=120)
+    try:
+        low, high = min(predicted.min(), actual.min()) * 0.8, max(predicted.max(), actual.max()) * 1.25
+        line = np.geomspace(low, high, 50)
+        axes.fill_between(line, line * 0.75, line * 1.25, color="0.85", label="±25 % (the goal)")
+        axes.plot(line, line, color="0.4", lw=1, label="calibrated")
+        axes.plot(predicted, actual, "o-", color="C0",
+                  label=f"{bins} groups of {u.size // bins} points\nfifths: " + " ".join(f"{f['ratio']:.2f}" for f in fifths))
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlim(low, high)
+        axes.set_ylim(low, high)
+        axes.set_xlabel("predicted uncertainty (mean of group, px)")
+        axes.set_ylabel("actual error (mean of group, px)")
+        axes.set_title(title)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(loc="upper left", fontsize="small")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.tight_layout()
+        figure.savefig(path)
+    finally:
+        plt.close(figure)
+    return path

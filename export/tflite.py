@@ -77,13 +77,16 @@ def float_heatmap_head(model: keras.Model) -> list[str]:
     Eq. 4 ties between neighbouring pixels and, on faint heat-maps, falls back to pixel (0, 0). On the
     packaged model this cost +0.55 points of NME against +0.03 with this one convolution in float
     (about 0.1 % of the FLOPs; docs/DEPLOYMENT.md). The four-stage average (cfdrnn_keras.model.ensemble)
-    takes the argmax of every stage's heat-maps, so all four heads stay in float there.
+    takes the argmax of every stage's heat-maps, so all four heads stay in float there. The uncertainty
+    layer (`PointUncertainty`, issue 17) reads the same heat-maps' peaks and takes logs: float too.
     """
     from cfdrnn_keras.model.ensemble import MirrorMerge, StageAverage
     from cfdrnn_keras.model.network import HEATMAP_OUTPUTS
+    from cfdrnn_keras.model.uncertainty import PointUncertainty
 
     network = _cfdrnn_graph(model)
-    decoding = [layer.name for layer in model.layers if isinstance(layer, (StageAverage, MirrorMerge))]
+    decoding = [layer.name for layer in model.layers
+                if isinstance(layer, (StageAverage, MirrorMerge, PointUncertainty))]
     averaged = any(isinstance(layer, StageAverage) for layer in model.layers)
     names = [name for name in HEATMAP_OUTPUTS if name in {layer.name for layer in network.layers}]
     patterns = []
@@ -95,16 +98,30 @@ def float_heatmap_head(model: keras.Model) -> list[str]:
     return patterns + [f"{name}_" for name in ["decoder", *decoding]]
 
 
-def _tensor_names(saved_model_dir) -> list[str]:
-    """Tensor names of the float conversion (the names the quantisation debugger's denylist uses)."""
+# Signature outputs computed in float in the full-integer file (issue 17): the last op of each is
+# named after the output (`StatefulPartitionedCall:K`), not after its layer, so the layer patterns
+# miss it; quantised, the face score's logistic saw its inputs clipped to the faces' calibration range
+# (every background box scored 0.5) and the uncertainty's exp was cut at 21.6 px.
+FLOAT_OUTPUTS = ("uncertainty", "face_score")
+
+
+def _tensor_names(saved_model_dir, outputs=()) -> list[str]:
+    """Tensor names of the float conversion (the names the quantisation debugger's denylist uses),
+    and those of the signature outputs named in `outputs` that it has."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[SIGNATURE])
     from ai_edge_litert.interpreter import Interpreter
 
-    return [detail["name"] for detail in Interpreter(model_content=converter.convert()).get_tensor_details()]
+    interpreter = Interpreter(model_content=converter.convert())
+    names = [detail["name"] for detail in interpreter.get_tensor_details()]
+    if not outputs:
+        return names
+    details = interpreter.get_signature_runner(SIGNATURE).get_output_details()
+    return names, [details[key]["name"] for key in outputs if key in details]
 
 
 def _full_integer_with_float_head(converter, saved_model_dir, keep_float: list[str]) -> bytes:
-    names = [name for name in _tensor_names(saved_model_dir) if any(pattern in name for pattern in keep_float)]
+    all_names, output_names = _tensor_names(saved_model_dir, FLOAT_OUTPUTS)
+    names = [name for name in all_names if any(pattern in name for pattern in keep_float)] + output_names
     if not names:
         raise ValueError(f"none of the layers {keep_float} found in the converted graph")
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names)
@@ -191,7 +208,8 @@ class TFLiteLandmarks:
         if crops.dtype != np.uint8:
             raise ValueError(f"{self.path}: expects uint8 crops, got {crops.dtype}")
         out = self.runner(image=crops)
-        return {"landmarks": np.asarray(out["landmarks"]), "confidence": np.asarray(out["confidence"])}
+        return {name: np.asarray(value) for name, value in out.items()
+                if name in ("landmarks", "confidence", "uncertainty", "face_score")}
 
 
 def keras_crop_landmarks(model: keras.Model, crops) -> np.ndarray:

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 
 def parse_args(argv=None):
@@ -164,9 +166,19 @@ def evaluate(args) -> int:
     if any(missed.values()):
         print(f"\nThe detector missed {missed['all']} faces; each counts as an error of "
               f"{100 * ev.MISSED_FACE_ERROR:.0f} % (a failure).")
+    if report.get("uncertainty"):
+        print("\n" + uncertainty_table(report["uncertainty"]))
     print(f"\nwrote {json_path}")
     if args.plots:
         for path in plot_run(ev.report_members(report), args.plots, Path(name).name):
+            print(f"wrote {path}")
+        if report.get("uncertainty"):
+            from cfdrnn_keras.plots import plot_reliability
+
+            done = [r for r in result.results if r.pred is not None and r.uncertainty is not None]
+            errors = [np.linalg.norm(r.pred - r.gt, axis=-1) for r in done]
+            path = plot_reliability([r.uncertainty for r in done], errors, Path(args.plots) / "reliability.png",
+                                    f"Uncertainty reliability, {Path(name).name}")
             print(f"wrote {path}")
     if result.skipped:
         total = len(result.results) + len(result.skipped)
@@ -174,6 +186,23 @@ def evaluate(args) -> int:
         if args.strict:
             return 1
     return 0
+
+
+def uncertainty_table(summary: dict) -> str:
+    """Issue 17's figures as a Markdown table (the goals beside them)."""
+    fifths = " / ".join(f"{f['ratio']:.2f}" for f in summary["fifths"])
+    lines = ["| uncertainty (per point) | value | goal |", "|---|---:|---:|",
+             f"| points ({summary['faces']} faces) | {summary['points']} | |",
+             f"| Spearman (uncertainty vs error) | {summary['spearman']:.3f} | ≥ 0.42 |",
+             f"| AUROC, points off > 0.08 IO ({100 * summary['off_008_fraction']:.1f} % of points) | "
+             f"{summary['auroc_off_008']:.3f} | ≥ 0.86 |",
+             f"| actual / predicted error per fifth (low → high) | {fifths} | 0.75–1.25 |",
+             f"| mean predicted / mean actual error (px) | {summary['mean_uncertainty_px']:.2f} / "
+             f"{summary['mean_error_px']:.2f} | |"]
+    if "face_score_min" in summary:
+        lines.append(f"| face_score: lowest / median | {summary['face_score_min']:.3f} / "
+                     f"{summary['face_score_median']:.3f} | |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

@@ -106,7 +106,10 @@ def main(argv=None) -> int:
     try:
         model = keras.saving.load_model(model_path, safe_mode=True)
         options = ensembles.options_from_args(args) or ensembles.EnsembleOptions()
-        model = ensembles.for_inference(model, options)
+        from cfdrnn_keras.model.uncertainty import load_calibration
+
+        # issue 17: the uncertainty / face-score calibration beside the .keras file, when there is one
+        model = ensembles.for_inference(model, options, uncertainty=load_calibration(model_path, options))
     except Exception as error:  # a corrupt or foreign file: one line, no traceback
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"export: {model_path}: cannot load the model: {message}", file=sys.stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.backends import ModelLoadError
+from ..runtime.backends import CropPrediction, ModelLoadError
 
 
 class KerasBackend:
@@ -16,20 +16,26 @@ class KerasBackend:
     ensemble: how the network runs (`cfdrnn_keras.model.ensemble`); None = `EnsembleOptions()`, the flip
     test and the four-stage average, for a CFDRNN graph, and its own `landmarks` output for any other
     model (one without `heatmaps_j` / `delta_j` outputs, e.g. one already wrapped).
+    uncertainty: the per-point uncertainty calibration (issue 17): None = the one beside a `.keras`
+    file (`NAME.uncertainty.json`, `cfdrnn_keras.model.uncertainty`) for the ensemble it runs, if
+    there is one; a calibration entry (dict); or False for none.
     """
 
-    def __init__(self, model, ensemble=None):
+    def __init__(self, model, ensemble=None, uncertainty=None):
         import keras
 
         from . import ensemble as ensembles
+        from .uncertainty import load_calibration
 
         model_path = str(model) if isinstance(model, (str, Path)) else ""
         if model_path:
             model = keras.saving.load_model(str(model), safe_mode=True)
         if ensemble is None:
             ensemble = ensembles.default_options(model)
+        if uncertainty is None and model_path and ensembles.stage_count(model):
+            uncertainty = load_calibration(model_path, ensemble)
         try:
-            model = ensembles.for_inference(model, ensemble)
+            model = ensembles.for_inference(model, ensemble, uncertainty=uncertainty or None)
         except ValueError as error:
             where = f"{model_path}: " if model_path else ""
             raise ModelLoadError(f"{where}{error} (pass ensemble=cfdrnn_keras.model.ensemble.PLAIN)") from None
@@ -38,19 +44,20 @@ class KerasBackend:
         if not isinstance(outputs, dict) or "landmarks" not in outputs:
             raise ModelLoadError(f"model {model.name!r} has no 'landmarks' output")
         wanted = {"landmarks": outputs["landmarks"]}
-        if "confidence" in outputs:
-            wanted["confidence"] = outputs["confidence"]
+        for name in ("confidence", "uncertainty", "face_score"):
+            if name in outputs:
+                wanted[name] = outputs[name]
         self.model = model
         self._runner = keras.Model(model.inputs, wanted, name=f"{model.name}_inference")
         self.input_size = int(model.inputs[0].shape[1])
 
-    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_crops(self, crops: np.ndarray) -> CropPrediction:
         images = crops.astype(np.float32) * (1.0 / 255.0) - 0.5
         out = self._runner.predict_on_batch(images)
         landmarks = np.asarray(out["landmarks"], dtype=np.float32)
         confidence = (np.asarray(out["confidence"], dtype=np.float32) if "confidence" in out
                       else np.ones(landmarks.shape[:2], np.float32))
-        return landmarks, confidence
+        return CropPrediction(landmarks, confidence, *_uncertainty_of(out))
 
 
 class SavedModelBackend:
@@ -75,13 +82,24 @@ class SavedModelBackend:
         if "landmarks" not in self._fn.structured_outputs:
             raise ModelLoadError(f"{path}: serving_default has no 'landmarks' output")
 
-    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_crops(self, crops: np.ndarray) -> CropPrediction:
         tensor = self._tf.constant(crops.astype(self._input_dtype.as_numpy_dtype))
         out = self._fn(**{self._input_name: tensor})
         landmarks = out["landmarks"].numpy().astype(np.float32) / self.input_size
         confidence = (out["confidence"].numpy().astype(np.float32) if "confidence" in out
                       else np.ones(landmarks.shape[:2], np.float32))
-        return landmarks, confidence
+        return CropPrediction(landmarks, confidence, *_uncertainty_of(out))
+
+
+def _uncertainty_of(out) -> tuple:
+    """(uncertainty (N, 68) crop pixels, face_score (N,)) of a model's outputs, None where absent."""
+    def get(name):
+        if name not in out:
+            return None
+        value = out[name]
+        return np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.float32)
+
+    return get("uncertainty"), get("face_score")
 
 
 __all__ = ["KerasBackend", "SavedModelBackend"]

@@ -122,11 +122,16 @@ def stage_count(network: keras.Model) -> int:
 
 
 def build_test_time_model(network: keras.Model, options: EnsembleOptions = EnsembleOptions(),
-                          permutation=None) -> keras.Model:
+                          permutation=None, uncertainty=None) -> keras.Model:
     """`image` → {`landmarks`, `confidence`} for `network` run as `options` says.
 
     network: a CFDRNN graph (outputs `heatmaps_j`, `delta_j`, `landmarks`, `confidence`).
     permutation: the left/right point swap for the flip test (default: the 68-point one).
+    uncertainty: a calibration entry (`cfdrnn_keras.model.uncertainty.load_calibration`: intercepts,
+        slopes, face_weights, face_bias) → the model also outputs `uncertainty` (B, N), each point's
+        expected error in CROP PIXELS, and `face_score` (B,) in [0, 1], from a `PointUncertainty`
+        layer; "features" → it outputs the layer's raw features instead (`uncertainty_features`,
+        `face_features`), for fitting a calibration. None: neither.
     """
     outputs = network.output if isinstance(network.output, dict) else {}
     if not {"landmarks", "confidence"} <= set(outputs):
@@ -145,7 +150,7 @@ def build_test_time_model(network: keras.Model, options: EnsembleOptions = Ensem
 
     if options.stages == "last":  # only the final stage is read: let Keras prune the other tails
         kept = {"landmarks": outputs["landmarks"], "confidence": outputs["confidence"]}
-        if options.subpixel:  # the sub-pixel peak reads the last heat-maps and offsets
+        if uncertainty is not None or options.subpixel:  # these read the last heat-maps and offsets
             kept.update({f"heatmaps_{stages}": outputs[f"heatmaps_{stages}"], f"delta_{stages}": outputs[f"delta_{stages}"]})
         network = keras.Model(network.inputs, kept, name=network.name)
     image = keras.Input(network.inputs[0].shape[1:], name="image")
@@ -164,7 +169,27 @@ def build_test_time_model(network: keras.Model, options: EnsembleOptions = Ensem
     landmarks = keras.layers.Activation("linear", dtype="float32", name="landmarks")(landmarks)
     confidence = keras.layers.Activation("linear", dtype="float32", name="confidence")(confidence)
     suffix = "ensemble" if not options.is_plain else "plain"
-    return keras.Model(image, {"landmarks": landmarks, "confidence": confidence}, name=f"{network.name}_{suffix}")
+    model_outputs = {"landmarks": landmarks, "confidence": confidence}
+    if uncertainty is not None:
+        model_outputs.update(_uncertainty_outputs(results, options, stages, size, permutation, uncertainty))
+    return keras.Model(image, model_outputs, name=f"{network.name}_{suffix}")
+
+
+def _uncertainty_outputs(results, options, stages, size, permutation, uncertainty) -> dict:
+    """The `PointUncertainty` layer on the stages `options` uses (issue 17)."""
+    from .uncertainty import PointUncertainty
+
+    used = list(range(1, stages + 1)) if options.stages == "all" else [stages]
+    stride = size // int(results[f"heatmaps_{used[-1]}"].shape[1])
+    features = uncertainty == "features"
+    layer = PointUncertainty(
+        stride, size, permutation=list(permutation) if options.flip else None, mode="features" if features else "calibrated",
+        **({} if features else {key: uncertainty[key] for key in ("intercepts", "slopes", "face_weights", "face_bias")}),
+        name="point_uncertainty")
+    first, second = layer([results[f"heatmaps_{j}"] for j in used], [results[f"delta_{j}"] for j in used])
+    names = ("uncertainty_features", "face_features") if features else ("uncertainty", "face_score")
+    return {names[0]: keras.layers.Activation("linear", dtype="float32", name=names[0])(first),
+            names[1]: keras.layers.Activation("linear", dtype="float32", name=names[1])(second)}
 
 
 def default_options(model: keras.Model) -> EnsembleOptions:
@@ -173,13 +198,16 @@ def default_options(model: keras.Model) -> EnsembleOptions:
     return EnsembleOptions() if stage_count(model) else PLAIN
 
 
-def for_inference(network: keras.Model, options: EnsembleOptions | None = None) -> keras.Model:
+def for_inference(network: keras.Model, options: EnsembleOptions | None = None, uncertainty=None) -> keras.Model:
     """The model to run for `options` (default: `EnsembleOptions()`): the bare network where they are
-    plain (last stage, no flip), else `build_test_time_model`."""
+    plain (last stage, no flip) and no uncertainty is asked for, else `build_test_time_model`.
+    uncertainty: as `build_test_time_model` (a calibration entry, "features" or None)."""
     options = EnsembleOptions() if options is None else options
-    if options.is_plain:
+    if options.is_plain and uncertainty is None:
         return network
-    return build_test_time_model(network, options)
+    if options.is_plain and not stage_count(network):  # no stage outputs (e.g. already wrapped)
+        return network
+    return build_test_time_model(network, options, uncertainty=uncertainty)
 
 
 __all__ = ["EnsembleOptions", "MirrorBatch", "MirrorMerge", "PLAIN", "STAGE_CHOICES", "StageAverage",

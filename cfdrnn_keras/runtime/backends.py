@@ -3,6 +3,10 @@
     backend.predict_crops(uint8 crops (N, S, S, 3)) -> (landmarks (N, 68, 2) normalised to [0, 1] of
                                                         the crop, confidence (N, 68))
 
+The result is a `CropPrediction`: it unpacks as that pair, and also carries `.uncertainty` (N, 68),
+each point's expected error in CROP PIXELS, and `.face_score` (N,) in [0, 1] (issue 17), both None
+for a model exported without them.
+
 `load_backend` picks the backend for a packaged model's name, a path or a model object. LiteRT
 (`.tflite`) runs here; a `.keras` file or a SavedModel directory is handed to the model side
 (`cfdrnn_keras.model.backends`), which is imported only then: it needs the `[train]` extra, and says
@@ -22,6 +26,36 @@ from ..quiet import native_stderr_silenced
 
 class ModelLoadError(ValueError):
     """A model that cannot be used; the message is one line naming the path and the problem."""
+
+
+class CropPrediction(tuple):
+    """What `predict_crops` returns: the pair (landmarks, confidence) — so `landmarks, confidence =
+    backend.predict_crops(crops)` works as it always did — with two more attributes:
+    `uncertainty` (N, 68) float32, each point's expected error in crop pixels, and `face_score` (N,)
+    float32 in [0, 1]; None where the model has no such outputs."""
+
+    def __new__(cls, landmarks, confidence, uncertainty=None, face_score=None):
+        self = super().__new__(cls, (landmarks, confidence))
+        self.uncertainty = uncertainty
+        self.face_score = face_score
+        return self
+
+    @property
+    def landmarks(self):
+        return self[0]
+
+    @property
+    def confidence(self):
+        return self[1]
+
+
+def as_crop_prediction(result) -> CropPrediction:
+    """A backend's result (a CropPrediction, or a plain (landmarks, confidence) pair from a backend
+    of one's own) as a CropPrediction."""
+    if isinstance(result, CropPrediction):
+        return result
+    landmarks, confidence = result[0], result[1]
+    return CropPrediction(landmarks, confidence, getattr(result, "uncertainty", None), getattr(result, "face_score", None))
 
 
 def one_line(error: BaseException) -> str:
@@ -85,7 +119,10 @@ class TFLiteBackend:
             outputs = self._runner.get_output_details()
             self._landmarks = outputs["landmarks"]
             self._confidence = outputs.get("confidence")
+            self._uncertainty = outputs.get("uncertainty")
+            self._face_score = outputs.get("face_score")
         else:
+            self._uncertainty = self._face_score = None
             self._runner = None
             self._input = self._interpreter.get_input_details()[0]
             outputs = self._interpreter.get_output_details()
@@ -104,7 +141,7 @@ class TFLiteBackend:
         self._divisor = float(self.input_size) if landmark_units == "pixels" else 1.0
         self._batch = None
 
-    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_crops(self, crops: np.ndarray) -> CropPrediction:
         if self._raw_uint8:
             data = crops.astype(np.uint8)
         else:
@@ -116,7 +153,9 @@ class TFLiteBackend:
             self._batch = len(crops)
             landmarks = out["landmarks"]
             confidence = out.get("confidence")
+            uncertainty, face_score = out.get("uncertainty"), out.get("face_score")
         else:
+            uncertainty = face_score = None
             if resized:
                 self._interpreter.resize_tensor_input(self._input["index"], [len(crops), *crops.shape[1:]])
                 with native_stderr_silenced():
@@ -132,7 +171,13 @@ class TFLiteBackend:
             confidence = np.ones(landmarks.shape[:2], np.float32)
         else:
             confidence = _dequantise(confidence, self._confidence)
-        return landmarks.astype(np.float32), confidence.reshape(len(crops), NUM_LANDMARKS).astype(np.float32)
+        if uncertainty is not None:  # crop pixels of this file's input size in the graph
+            uncertainty = _dequantise(uncertainty, self._uncertainty).reshape(len(crops), NUM_LANDMARKS)
+            face_score = (None if face_score is None else
+                          _dequantise(face_score, self._face_score).reshape(len(crops)).astype(np.float32))
+        return CropPrediction(landmarks.astype(np.float32),
+                              confidence.reshape(len(crops), NUM_LANDMARKS).astype(np.float32),
+                              None if uncertainty is None else uncertainty.astype(np.float32), face_score)
 
 
 def _pick_output(outputs, name: str, shape: tuple, path) -> dict:
@@ -243,5 +288,5 @@ def load_backend(model=None, ensemble=None, threads: int | None = None, trust_mo
                          "a .keras file or a SavedModel directory")
 
 
-__all__ = ["ModelLoadError", "TFLiteBackend", "check_keras_file", "default_threads", "litert_interpreter", "load_backend",
+__all__ = ["CropPrediction", "ModelLoadError", "TFLiteBackend", "as_crop_prediction", "check_keras_file", "default_threads", "litert_interpreter", "load_backend",
            "make_interpreter", "one_line"]

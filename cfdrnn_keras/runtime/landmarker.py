@@ -20,7 +20,7 @@ from data_pipelines.geometry import crop_matrix, invert, transform_points, warp_
 from data_pipelines.images import ImageReadError, read_image
 
 from ..conventions import CROP_MARGIN, NUM_LANDMARKS
-from .backends import ModelLoadError, TFLiteBackend, default_threads, load_backend
+from .backends import CropPrediction, ModelLoadError, TFLiteBackend, as_crop_prediction, default_threads, load_backend
 
 COLOR_ORDERS = ("rgb", "bgr")
 
@@ -28,13 +28,24 @@ COLOR_ORDERS = ("rgb", "bgr")
 @dataclass
 class FaceLandmarks:
     """One face: its box (x0, y0, x1, y1, 68-point-box convention), 68 (x, y) points and a confidence
-    per point, all in the original photo's pixels; `score` is the face detector's (None for given boxes)."""
+    per point, all in the original photo's pixels; `score` is the face detector's (None for given boxes).
+
+    uncertainty: (68,) each point's expected error in the ORIGINAL PHOTO's pixels (calibrated on
+        held-out faces: over many points, the mean error of points given u is u; docs/INFERENCE.md);
+        None for a model exported without it.
+    face_score: in [0, 1], whether the crop holds a face the model can align (low for a box on the
+        background or a false detection); None for a model without it.
+    confidence: the final heat-map's peak per point, averaged over the ensemble (uncalibrated; kept
+        for compatibility — `uncertainty` is the number to act on).
+    """
 
     box: tuple
     points: np.ndarray
     confidence: np.ndarray
     score: float | None = None
     extra: dict = field(default_factory=dict)
+    uncertainty: np.ndarray | None = None
+    face_score: float | None = None
 
     def to_dict(self, decimals: int = 2) -> dict:
         """JSON-ready: lists of rounded floats."""
@@ -45,6 +56,10 @@ class FaceLandmarks:
         }
         if self.score is not None:
             result["score"] = round(float(self.score), 4)
+        if self.uncertainty is not None:
+            result["uncertainty"] = np.round(np.asarray(self.uncertainty, np.float64), decimals).tolist()
+        if self.face_score is not None:
+            result["face_score"] = round(float(self.face_score), 4)
         result.update(self.extra)
         return result
 
@@ -127,11 +142,13 @@ class LandmarkDetector:
         found = detector.detect(image_rgb) if hasattr(detector, "detect") else detector(image_rgb)
         return [tuple(float(v) for v in box) for box in found]
 
-    def detect(self, image, boxes=None, color: str = "rgb") -> list[FaceLandmarks]:
+    def detect(self, image, boxes=None, color: str = "rgb", min_face_score: float | None = None) -> list[FaceLandmarks]:
         """Landmarks of every face found in the photo, or of the given boxes (68-point-box convention).
 
         image: a file path (read with `data_pipelines.images.read_image`), or an H×W×3 uint8 array in
             RGB order — an array from `cv2.imread` is BGR: pass color="bgr".
+        min_face_score: drop faces whose `face_score` is below this (e.g. 0.5: a box on the background
+            or a false detection; docs/INFERENCE.md). Faces of a model without a face score are kept.
         """
         if isinstance(image, (str, Path)):
             if color != "rgb":
@@ -147,27 +164,49 @@ class LandmarkDetector:
                 raise ValueError(f"invalid face box {box}: need finite x0 < x1 and y0 < y1")
         matrices = [crop_matrix(box[:4], self.input_size, margin=self.margin) for box in boxes]
         crops = np.stack([warp_to_crop(image, m, self.input_size) for m in matrices])
-        landmarks, confidence = self.predict_crops(crops)
+        prediction = self.predict_crops(crops)
+        landmarks, confidence = prediction
         faces = []
-        for box, matrix, points, conf in zip(boxes, matrices, landmarks, confidence):
+        for index, (box, matrix, points, conf) in enumerate(zip(boxes, matrices, landmarks, confidence)):
             photo_points = transform_points(invert(matrix), points.astype(np.float64) * self.input_size)
+            uncertainty = face_score = None
+            if prediction.uncertainty is not None:  # crop pixels → photo pixels: ÷ the crop's scale
+                uncertainty = prediction.uncertainty[index].astype(np.float64) / crop_scale(matrix)
+            if prediction.face_score is not None:
+                face_score = float(prediction.face_score[index])
+            if min_face_score is not None and face_score is not None and face_score < min_face_score:
+                continue
             faces.append(FaceLandmarks(box=tuple(box[:4]), points=photo_points, confidence=conf,
-                                       score=box[4] if len(box) > 4 else None))
+                                       score=box[4] if len(box) > 4 else None, uncertainty=uncertainty,
+                                       face_score=face_score))
         return faces
 
     def detect_file(self, path, boxes=None, **read_options) -> list[FaceLandmarks]:
         """`detect` on an image file; unreadable files raise `ImageReadError` with a one-line message."""
         return self.detect(read_image(path, **read_options), boxes=boxes)
 
-    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The backend on uint8 crops, `batch_size` at a time → normalised landmarks, confidence."""
+    def predict_crops(self, crops: np.ndarray) -> CropPrediction:
+        """The backend on uint8 crops, `batch_size` at a time → normalised landmarks, confidence (a
+        `CropPrediction`: also `.uncertainty` in crop pixels and `.face_score`, or None)."""
         crops = np.asarray(crops)
-        landmarks, confidence = [], []
+        landmarks, confidence, uncertainty, face_score = [], [], [], []
         for start in range(0, len(crops), self.batch_size):
-            lm, conf = self.backend.predict_crops(crops[start:start + self.batch_size])
+            result = as_crop_prediction(self.backend.predict_crops(crops[start:start + self.batch_size]))
+            lm, conf = result
             landmarks.append(np.asarray(lm, np.float32).reshape(-1, NUM_LANDMARKS, 2))
             confidence.append(np.asarray(conf, np.float32).reshape(-1, NUM_LANDMARKS))
-        return np.concatenate(landmarks), np.concatenate(confidence)
+            uncertainty.append(result.uncertainty)
+            face_score.append(result.face_score)
+        complete = lambda parts, shape: (None if any(p is None for p in parts) else  # noqa: E731
+                                         np.concatenate([np.asarray(p, np.float32).reshape(shape) for p in parts]))
+        return CropPrediction(np.concatenate(landmarks), np.concatenate(confidence),
+                              complete(uncertainty, (-1, NUM_LANDMARKS)), complete(face_score, (-1,)))
+
+
+def crop_scale(matrix) -> float:
+    """Crop pixels per photo pixel of a crop matrix (a similarity: sqrt |det| of its linear part)."""
+    matrix = np.asarray(matrix, np.float64)
+    return float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
 
 
 def _model_name(model) -> str:
@@ -181,5 +220,5 @@ def _model_name(model) -> str:
     return getattr(model, "name", type(model).__name__)
 
 
-__all__ = ["COLOR_ORDERS", "CROP_MARGIN", "FaceLandmarks", "ImageReadError", "LandmarkDetector", "ModelLoadError",
+__all__ = ["COLOR_ORDERS", "CROP_MARGIN", "CropPrediction", "FaceLandmarks", "ImageReadError", "LandmarkDetector", "ModelLoadError",
            "TFLiteBackend", "as_rgb_uint8", "load_backend"]
