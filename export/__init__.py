@@ -18,6 +18,10 @@ import numpy as np
 SAVED_MODEL = "saved_model"
 TFLITE_FORMATS = ("tflite_fp32", "tflite_fp16", "tflite_int8", "tflite_int8_full")
 FORMATS = (SAVED_MODEL,) + TFLITE_FORMATS
+# The SavedModel's predict_image limits (export.saved_model, docs/DEPLOYMENT.md), set at export; here so
+# tools/export.py can show them before importing TensorFlow.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # a 50 MP photo (8660 x 5773); decoding it takes 150 MB as uint8
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000  # all the images of one request together
 WEB = "web"  # a static web page (`export.web`); asked for by name, not part of the default set
 EXTRA_FORMATS = (WEB,)
 FILE_NAMES = {SAVED_MODEL: "saved_model", **{fmt: f"cfdrnn_{fmt[len('tflite_'):]}.tflite" for fmt in TFLITE_FORMATS}}
@@ -71,7 +75,8 @@ def inter_ocular_nme_percent(points, ground_truth) -> float:
 
 
 def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, comparison_crops=None,
-                 comparison_points=None, log=print, model_source: str = "", ensemble: dict | None = None) -> dict:
+                 comparison_points=None, log=print, model_source: str = "", ensemble: dict | None = None,
+                 max_image_pixels: int | None = None, max_request_pixels: int | None = None) -> dict:
     """Write each format into `out_dir`, compare each with the Keras model, write `manifest.json`.
 
     `calibration_crops` (uint8 [K, S, S, 3] real faces) is needed by `tflite_int8_full`;
@@ -79,13 +84,21 @@ def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, com
     `comparison_points` their ground truth in crop pixels (then each entry also gets its
     inter-ocular NME and its cost against the Keras model's, in points of %).
     A format that fails is recorded with its one-line error and the others go on.
+    `max_image_pixels` / `max_request_pixels`: the SavedModel's `predict_image` limits (None: the
+    defaults of `export.saved_model`); recorded in the manifest's saved_model entry.
     Returns the manifest (a dict); `manifest["failed"]` lists the failed formats.
     """
     import keras
     import tensorflow as tf
 
     from . import tflite
+    from . import saved_model as saved_models
     from .saved_model import crop_size_of, export_saved_model, inference_model
+
+    limits = {
+        "max_image_pixels": int(DEFAULT_MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels),
+        "max_request_pixels": int(DEFAULT_MAX_REQUEST_PIXELS if max_request_pixels is None else max_request_pixels),
+    }
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,12 +135,15 @@ def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, com
                 if fmt == SAVED_MODEL:
                     if target.exists():
                         shutil.rmtree(target)
-                    export_saved_model(model, target)
+                    export_saved_model(model, target, **limits)
                     serve = tf.saved_model.load(str(target)).signatures["serving_default"]
                     points = np.concatenate(
                         [serve(image=tf.constant(crop[None]))["landmarks"].numpy() for crop in comparison_crops]
                     )
-                    entry = {"signatures": ["serving_default", "predict_image"]}
+                    entry = {"signatures": ["serving_default", "predict_image"],
+                             "predict_image": {**limits, "min_box_side_px": saved_models.MIN_BOX_SIDE,
+                                               "max_box_scale": saved_models.MAX_BOX_SCALE,
+                                               "formats": ["JPEG", "PNG", "BMP", "WebP"]}}
                 else:
                     if crops_saved_model is None:
                         crops_saved_model = tflite.write_crops_saved_model(model, Path(tmp) / "crops")

@@ -42,6 +42,10 @@ def parse_args(argv=None):
                         help="a packaged model's name (NAME: its LiteRT file, as LandmarkDetector() runs it; "
                              "NAME:keras: its float Keras network), a .keras file, a SavedModel folder or a .tflite "
                              "file (default: the default packaged model, on LiteRT)")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="run a SavedModel --model without checking its graph (a SavedModel is a program: by "
+                             "default one using any op that this project's exports do not use, file I/O or "
+                             "py_func say, is refused; .keras and .tflite files are data and need no trust)")
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's and LiteRT's own log lines (default: hidden)")
     parser.add_argument("--box", choices=("gt", "detect"), default="gt",
@@ -134,7 +138,7 @@ def evaluate(args) -> int:
 
     try:
         options = ensembles.options_from_args(args)
-        model, name = ev.load_model(args.model, options)
+        model, name = ev.load_model(args.model, options, trust_model=args.trust_model)
         used = getattr(model, "cfdrnn_ensemble", None)  # None for exported files: they run as exported
         model = ev.prepare_engine(model, args.engine, num_threads=os.cpu_count())
         faces, problems = ev.discover(args.data, args.limit, on_skip=skip)

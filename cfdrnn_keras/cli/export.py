@@ -30,7 +30,8 @@ import numpy as np
 # This script shares its name with the `export` package: take its own folder off the import path
 # (Python puts it first) so `import export` finds the package.
 
-from export import FORMATS, WEB, default_calibration_root, default_model_path, parse_formats  # noqa: E402  (no TF yet)
+from export import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS, FORMATS, WEB,  # noqa: E402  (no TF yet)
+                    default_calibration_root, default_model_path, parse_formats)
 
 
 def parse_args(argv=None):
@@ -50,10 +51,27 @@ def parse_args(argv=None):
                         help="face crops fed to the full-integer calibration (default: 100)")
     parser.add_argument("--compare-count", type=int, default=8,
                         help="face crops on which each export is compared with Keras (default: 8)")
+    parser.add_argument("--max-image-pixels", type=_pixel_count, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                        help="the SavedModel's predict_image refuses an image of more pixels, read from its header "
+                             f"before decoding (default: {DEFAULT_MAX_IMAGE_PIXELS:,}; 50e6 is accepted)")
+    parser.add_argument("--max-request-pixels", type=_pixel_count, default=DEFAULT_MAX_REQUEST_PIXELS, metavar="N",
+                        help="... and a request whose images have more pixels in all "
+                             f"(default: {DEFAULT_MAX_REQUEST_PIXELS:,})")
     from cfdrnn_keras import ensemble_options
 
     ensemble_options.add_arguments(parser, exported=True)
     return parser.parse_args(argv)
+
+
+def _pixel_count(text: str) -> int:
+    """A positive pixel count: 50000000, 50_000_000 or 50e6."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of pixels: {text!r}") from None
+    if not value >= 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"needs a positive whole number of pixels, got {text!r}")
+    return int(value)
 
 
 def main(argv=None) -> int:
@@ -130,6 +148,7 @@ def main(argv=None) -> int:
     manifest = export_model(
         model, args.out, formats, calibration_crops=calibration, comparison_crops=comparison, comparison_points=truth,
         log=lambda line: print(line, file=sys.stderr), model_source=str(model_path), ensemble=options.to_dict(),
+        max_image_pixels=args.max_image_pixels, max_request_pixels=args.max_request_pixels,
     )
     print(manifest_table(manifest))
     print(f"\nwrote {Path(args.out) / 'manifest.json'}")

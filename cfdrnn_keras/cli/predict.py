@@ -45,6 +45,10 @@ def parse_args(argv=None):
                         help="a packaged model's name (NAME runs its LiteRT file, NAME:keras its float Keras "
                              "network), a .tflite file, a .keras file or a SavedModel directory (default: the "
                              "default packaged model, on LiteRT)")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="run a SavedModel --model without checking its graph (a SavedModel is a program: by "
+                             "default one using any op that this project's exports do not use, file I/O or "
+                             "py_func say, is refused; .keras and .tflite files are data and need no trust)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="LiteRT threads for the network and the face detector (default: all cores)")
     parser.add_argument("--verbose", action="store_true",
@@ -310,7 +314,7 @@ def run(args) -> int:
         return 2
     try:
         detector = LandmarkDetector(model=args.model, batch_size=args.batch_size, ensemble=options_from_args(args),
-                                    threads=args.threads)
+                                    threads=args.threads, trust_model=args.trust_model)
         if not args.boxes_from_pts:
             detector.detector = FaceDetector(score_threshold=args.min_score, zoom=args.detector_zoom,
                                              num_threads=detector.threads)

@@ -62,11 +62,20 @@ class KerasBackend:
 
 class SavedModelBackend:
     """A SavedModel directory whose `serving_default` takes uint8 crops and gives `landmarks` in CROP
-    PIXELS and `confidence` (the signature `export/` writes for TF Serving)."""
+    PIXELS and `confidence` (the signature `export/` writes for TF Serving).
 
-    def __init__(self, path):
+    A SavedModel is a program: before it is loaded, its graph is checked against the ops of this
+    project's own exports (`cfdrnn_keras.model.saved_model_check`) and anything else (file I/O,
+    py_func, unknown ops...) is refused with an `UntrustedModelError` naming the op;
+    trust_model=True skips the check, for a model you trust."""
+
+    def __init__(self, path, trust_model: bool = False):
         import tensorflow as tf
 
+        from .saved_model_check import check_saved_model
+
+        if not trust_model:
+            check_saved_model(path)
         self._tf = tf
         loaded = tf.saved_model.load(str(path))
         if "serving_default" not in loaded.signatures:

@@ -109,14 +109,17 @@ class LandmarkDetector:
         and the four-stage average; `PLAIN`, the paper's last stage alone, runs twice as fast).
         LiteRT files and SavedModels run the ensemble they were exported with.
     threads: LiteRT threads for the landmark network and the face detector (None: all cores).
+    trust_model: run a SavedModel folder without checking its graph. A SavedModel is a program; by
+        default one holding any op this project's exports do not use (file I/O, py_func...) is
+        refused, naming the op (`ModelLoadError`). `.keras` and `.tflite` files are data: no check.
     """
 
     def __init__(self, model=None, detector=None, batch_size: int = 8, margin: float = CROP_MARGIN,
-                 ensemble=None, threads: int | None = None):
+                 ensemble=None, threads: int | None = None, trust_model: bool = False):
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.threads = default_threads() if threads is None else int(threads)
-        self.backend = load_backend(model, ensemble, threads=self.threads)
+        self.backend = load_backend(model, ensemble, threads=self.threads, trust_model=trust_model)
         self.model_name = _model_name(model)
         self.input_size = int(getattr(self.backend, "input_size", 256))
         self.batch_size = max(1, int(batch_size))
