@@ -41,12 +41,14 @@ def inference_model(model: keras.Model) -> keras.Model:
     """The sub-graph that deployment runs: `image` → {`landmarks`, `confidence`}.
 
     Keras prunes layers the two outputs do not need (the tails of landmark-level branches 1–3).
+    A test-time model with the uncertainty layer (issue 17) keeps `uncertainty` (crop pixels) and
+    `face_score` as well.
     """
     outputs = model.output
     if not isinstance(outputs, dict) or not {"landmarks", "confidence"} <= set(outputs):
         raise ValueError(f"{model.name}: not a CFDRNN model (needs `landmarks` and `confidence` outputs)")
-    return keras.Model(model.input, {"landmarks": outputs["landmarks"], "confidence": outputs["confidence"]},
-                       name=f"{model.name}_inference")
+    kept = {name: outputs[name] for name in ("landmarks", "confidence", "uncertainty", "face_score") if name in outputs}
+    return keras.Model(model.input, kept, name=f"{model.name}_inference")
 
 
 def crop_size_of(model: keras.Model) -> int:
@@ -374,7 +376,11 @@ def crops_to_landmarks(model: keras.Model, crops):
     x = tf.cast(crops, tf.float32) / 255.0 - 0.5
     outputs = model(x, training=False)
     landmarks = tf.cast(outputs["landmarks"], tf.float32) * float(size)
-    return {"landmarks": landmarks, "confidence": tf.cast(outputs["confidence"], tf.float32)}
+    result = {"landmarks": landmarks, "confidence": tf.cast(outputs["confidence"], tf.float32)}
+    for name in ("uncertainty", "face_score"):  # uncertainty: crop pixels, like the landmarks
+        if name in outputs:
+            result[name] = tf.cast(outputs[name], tf.float32)
+    return result
 
 
 def image_to_landmarks(model: keras.Model, images, boxes, margin: float = MARGIN,
@@ -396,7 +402,13 @@ def image_to_landmarks(model: keras.Model, images, boxes, margin: float = MARGIN
                       parallel_iterations=1)
     outputs = crops_to_landmarks(model, crops)
     points = tf_transform_points(tf.linalg.inv(matrices), outputs["landmarks"])
-    return {"landmarks": tf.cast(points, tf.float32), "confidence": outputs["confidence"]}
+    result = {"landmarks": tf.cast(points, tf.float32), "confidence": outputs["confidence"]}
+    if "uncertainty" in outputs:  # crop pixels → photo pixels: ÷ each crop's scale
+        crop_scale = tf.sqrt(tf.abs(tf.linalg.det(matrices[:, :2, :2])))
+        result["uncertainty"] = tf.cast(tf.cast(outputs["uncertainty"], tf.float64) / crop_scale[:, None], tf.float32)
+    if "face_score" in outputs:
+        result["face_score"] = outputs["face_score"]
+    return result
 
 
 def _check_limits(max_image_pixels, max_request_pixels):
