@@ -13,10 +13,12 @@ same optimizer state and learning-rate curve. docs/TRAINING.md has the recipes a
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,9 +127,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Options that describe the run itself: on --resume, the saved values are used unless given again.
 RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "cache", "preset", "width",
-             "input_size", "batchnorm",
+             "input_size", "batchnorm", "init_weights",
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
              "heatmap_loss_weight", "delta_loss_weight", "bn_momentum", "no_head_init", "seed", "precision", "shard_policy")
+
+# What --resume refuses to change, and what it lets through (docs/TRAINING.md, "What --resume refuses").
+# Every option is in exactly one of the three groups (tests/test_train_run_folder.py checks it).
+RESUME_FIXED = {
+    # the faces and the order they come in: the split, the validation set and the training stream
+    "data": "--data", "split": "--split", "val_data": "--val-data", "val_fraction": "--val-fraction",
+    "limit": "--limit", "seed": "--seed", "augment": "--augment", "shard_policy": "--shard-policy",
+    # the network (compared as the resolved model configuration, see MODEL_OPTIONS)
+    "preset": "--preset", "width": "--width", "input_size": "--input-size", "batchnorm": "--batchnorm",
+    "bn_momentum": "--bn-momentum", "no_head_init": "--no-head-init", "init_weights": "--init-weights",
+    # the objective and the optimiser (resolved: the recipe without its epochs and learning rate)
+    "recipe": "--recipe", "batch_size": "--batch-size", "weight_decay": "--weight-decay",
+    "heatmap_loss_weight": "--heatmap-loss-weight", "delta_loss_weight": "--delta-loss-weight",
+    "steps_per_epoch": "--steps-per-epoch",
+    # numerics (compared resolved: auto may pick either)
+    "precision": "--precision",
+}
+RESUME_FREE = {
+    "epochs": "more (or fewer, but more than done) epochs; the cosine is recomputed for the new length",
+    "learning_rate": "the remedy for a run that diverged; the schedule keeps its shape, scaled",
+    "cache": "memory or disk; from disk the resumed order is a fresh draw",
+    "strategy": "any, as long as the global batch (per-replica batch × replicas) stays the same",
+    "verbose": "output only", "no_tensorboard": "output only",
+}
+RUN_CONTROL = ("out", "resume")
+MODEL_OPTIONS = ("preset", "width", "input_size", "batchnorm")
+MODEL_FIELD_NAMES = {"input_size": "input size", "width": "width multiplier", "fused_batchnorm": "batch-norm layer"}
+# Compared in `check_resumed_run` as resolved values rather than as the options typed.
+RESOLVED_LATER = ("batch_size", "weight_decay", "heatmap_loss_weight", "delta_loss_weight", "precision",
+                  "steps_per_epoch")
+
+
+def read_json_file(path: Path, what: str) -> dict:
+    """A run's JSON file as a dict; TrainingError naming the file if it cannot be read or parsed."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+        value = json.loads(text)
+    except OSError as error:
+        raise TrainingError(f"{path}: cannot read the {what}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TrainingError(f"{path}: corrupt {what}: not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise TrainingError(f"{path}: corrupt {what}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def read_run_description(run_dir: Path) -> dict | None:
+    """config.json of a run folder (checked enough to resume from), or None if there is none."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return None
+    description = read_json_file(path, "run description")
+    if not isinstance(description.get("options"), dict):
+        raise TrainingError(f"{path}: corrupt run description: no 'options' object (the settings of the run)")
+    for key in ("model", "recipe", "loss_weights"):
+        if key in description and not isinstance(description[key], dict):
+            raise TrainingError(f"{path}: corrupt run description: {key!r} must be a JSON object")
+    return description
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -136,14 +196,172 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.resume:
         if not args.out:
             parser.error("--resume needs --out RUN_DIR")
-        saved = Path(args.out) / "config.json"
-        if saved.is_file():
-            options = json.loads(saved.read_text()).get("options", {})
+        description = read_run_description(Path(args.out))
+        if description is not None:
+            options = description["options"]
             parser.set_defaults(**{key: options[key] for key in RESUMABLE if key in options})
             args = parser.parse_args(argv)
     if args.out is None:
         args.out = str(Path("runs") / f"{args.preset}-{args.recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
     return args
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none (the default)"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _refuse(run_dir, setting: str, old, new) -> TrainingError:
+    return TrainingError(f"{run_dir}: --resume cannot change {setting}: the run has {_show(old)}, this command "
+                         f"{_show(new)}; give the run's value or start a new run (another --out)")
+
+
+def _same_paths(old, new) -> bool:
+    """Folders (or lists of them) that name the same places: equal, or equal once resolved."""
+    if old == new or old is None or new is None:
+        return old == new
+    old_list, new_list = ([old] if isinstance(old, str) else list(old)), ([new] if isinstance(new, str) else list(new))
+    return len(old_list) == len(new_list) and all(
+        a == b or os.path.realpath(a) == os.path.realpath(b) for a, b in zip(old_list, new_list))
+
+
+def check_resume_options(args, description: dict, run_dir) -> None:
+    """Refuse (TrainingError, one line) a --resume whose options change what the run depends on.
+
+    Options missing from the saved ones (a run written before the option existed) are not checked.
+    Runs before TensorFlow loads; `check_resumed_run` compares the resolved values later.
+    """
+    saved = description.get("options", {})
+    for option, flag in RESUME_FIXED.items():
+        if option not in saved or option in MODEL_OPTIONS or option in RESOLVED_LATER:
+            continue
+        old, new = saved[option], getattr(args, option)
+        same = _same_paths(old, new) if option in ("data", "val_data", "init_weights") else old == new
+        if option == "init_weights" and new is None:
+            same = True  # not given: the run continues from its checkpoint either way
+        if not same:
+            raise _refuse(run_dir, flag, old, new)
+    if isinstance(description.get("model"), dict):
+        try:
+            config = model_config(args).to_dict()
+        except (KeyError, ValueError, TypeError) as error:
+            raise TrainingError(f"--preset: {error}") from None
+        for field, old in sorted(description["model"].items()):
+            if field in config and config[field] != old:
+                name = MODEL_FIELD_NAMES.get(field, field.replace("_", " "))
+                if field == "fused_batchnorm":
+                    old, new = ("fused" if old else "keras"), ("fused" if config[field] else "keras")
+                else:
+                    new = config[field]
+                flags = "/".join(RESUME_FIXED[o] for o in MODEL_OPTIONS if getattr(args, o) != saved.get(o))
+                raise _refuse(run_dir, f"the network's {name}" + (f" ({flags})" if flags else ""), old, new)
+
+
+def check_resumed_run(args, description: dict, run_dir, *, recipe, loss_weights, precision, global_batch,
+                      steps) -> None:
+    """The resolved half of the --resume check (after TensorFlow loads, before any data is decoded)."""
+    saved_recipe = description.get("recipe")
+    if isinstance(saved_recipe, dict):
+        for field, new in sorted(recipe.to_dict().items()):
+            if field in ("epochs", "learning_rate") or field not in saved_recipe:
+                continue
+            old = saved_recipe[field]
+            if isinstance(new, tuple):
+                new = list(new)
+            if old != new:
+                flag = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "name": "--recipe"}.get(field)
+                raise _refuse(run_dir, flag or f"the recipe's {field} (--recipe)", old, new)
+    saved_weights = description.get("loss_weights")
+    if isinstance(saved_weights, dict):
+        for head, new in sorted(loss_weights.by_head().items()):
+            old = saved_weights.get(head)
+            if old is not None and abs(float(old) - float(new)) > 1e-12 * max(1.0, abs(float(old))):
+                flag = "--heatmap-loss-weight" if head.startswith("heatmaps") else "--delta-loss-weight"
+                raise _refuse(run_dir, f"the loss weight of {head} ({flag})", old, new)
+    if "precision" in description and description["precision"] != precision:
+        raise _refuse(run_dir, "the precision (--precision)", description["precision"], precision)
+    if "global_batch_size" in description and description["global_batch_size"] != global_batch:
+        raise _refuse(run_dir, "the global batch (--batch-size × replicas of --strategy)",
+                      description["global_batch_size"], global_batch)
+    if "steps_per_epoch" in description and description["steps_per_epoch"] != steps:
+        raise _refuse(run_dir, "the steps per epoch (--steps-per-epoch, or the number of training faces)",
+                      description["steps_per_epoch"], steps)
+
+
+def check_split(run_dir, train_faces, val_faces) -> None:
+    """A resumed run must train and validate on the faces of its split.json (if it has one)."""
+    path = Path(run_dir) / "split.json"
+    if not path.is_file():
+        return
+    split = read_json_file(path, "split")
+    for part, faces in (("train", train_faces), ("validation", val_faces)):
+        saved = split.get(part)
+        if not isinstance(saved, list) or not all(isinstance(item, str) for item in saved):
+            raise TrainingError(f"{path}: corrupt split: {part!r} must be a list of .pts paths")
+        now = [face.pts_path for face in faces]
+        if saved == now or (len(saved) == len(now) and all(
+                os.path.realpath(a) == os.path.realpath(b) for a, b in zip(saved, now))):
+            continue
+        known = {os.path.realpath(item) for item in saved}
+        extra = [f for f in now if os.path.realpath(f) not in known]
+        example = f", e.g. {extra[0]} is new" if extra else ""
+        raise TrainingError(f"{path}: --resume cannot change the {part} faces: the run has {len(saved)}, the data "
+                            f"now gives {len(now)}{example}; resume with the run's data or start a new run "
+                            "(another --out)")
+
+
+def chief_by_tf_config() -> bool:
+    """Whether this process writes the run folder (distribute.is_chief without importing TensorFlow)."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG", "") or "{}")
+    except json.JSONDecodeError:
+        return True  # make_strategy reports the bad TF_CONFIG
+    if not isinstance(config, dict):
+        return True
+    task = config.get("task") or {}
+    cluster = config.get("cluster") or {}
+    kind, index = str(task.get("type", "worker")), int(task.get("index", 0) or 0)
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+
+
+def check_out_folder(run_dir: Path) -> None:
+    """Create the run folder, write and remove a probe file in it, and remove the folders that this
+    created (the run creates them again when it writes); one line if any of that fails."""
+    probe = run_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        if probe == run_dir:
+            raise TrainingError(f"{run_dir}: --out is a file, not a run folder")
+        raise TrainingError(f"{run_dir}: cannot create the run folder: {probe} is a file, not a folder")
+    folder = run_dir / "checkpoints"
+    created = []
+    try:
+        for missing in reversed([folder, *folder.parents]):
+            if not missing.exists():
+                missing.mkdir()
+                created.append(missing)
+        handle, temporary = tempfile.mkstemp(prefix=".tmp-write-test-", dir=folder)
+        os.close(handle)
+        os.remove(temporary)
+    except OSError as error:
+        raise TrainingError(f"{run_dir}: cannot write the run folder: {describe_os_error(error)}") from None
+    finally:
+        for made in reversed(created):
+            try:
+                made.rmdir()
+            except OSError:
+                pass
+
+
+def describe_os_error(error: OSError) -> str:
+    words = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+             errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EDQUOT: "disk quota exceeded"}
+    return words.get(error.errno) or (error.strerror or str(error))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,15 +447,32 @@ def run(args, extra_callbacks=()) -> RunResult:
     `extra_callbacks` run after the run's own (scripts and tests use them to watch or interrupt).
     """
     run_dir = Path(args.out)
+    chief_here = chief_by_tf_config()
     # Cheap checks first, before TensorFlow loads: a wrong path costs a second, not twenty.
-    if args.init_weights and not Path(args.init_weights).is_file():
+    description = None
+    if args.resume:
+        if not (run_dir / "checkpoints" / "state.json").is_file():
+            raise TrainingError(f"{run_dir}: no checkpoint to resume from (checkpoints/state.json is missing)")
+        description = read_run_description(run_dir)
+        if description is None:
+            raise TrainingError(f"{run_dir / 'config.json'}: missing; without it the run's settings are unknown "
+                                "and --resume cannot check them")
+        check_resume_options(args, description, run_dir)
+    elif args.init_weights and not Path(args.init_weights).is_file():
         raise TrainingError(f"{args.init_weights}: initial weights not found")
     for folder in args.data + (args.val_data or []):
         if not Path(folder).exists():
             raise TrainingError(f"{folder}: data folder not found")
-    if args.resume and not (run_dir / "checkpoints" / "state.json").is_file():
-        raise TrainingError(f"{run_dir}: no checkpoint to resume from (checkpoints/state.json is missing)")
+    if chief_here:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise TrainingError(f"{run_dir}: --out is a file, not a run folder")
+        if not args.resume and (run_dir / "checkpoints" / "state.json").is_file():
+            raise TrainingError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    if chief_here:
+        check_out_folder(run_dir)
     train_faces, val_faces = select_faces(args)
+    if args.resume:
+        check_split(run_dir, train_faces, val_faces)
 
     from cfdrnn_keras.training import distribute
 
@@ -250,8 +485,7 @@ def run(args, extra_callbacks=()) -> RunResult:
 
     from cfdrnn_keras.training import callbacks as cb
     from cfdrnn_keras.training.losses import LossWeights
-    from cfdrnn_keras.training import (build_trainer, resolve_precision, save_network_atomically,
-                                       set_precision, steps_for)
+    from cfdrnn_keras.training import build_trainer, resolve_precision, save_network_atomically, set_precision, steps_for
 
     try:
         config = model_config(args)
@@ -262,21 +496,25 @@ def run(args, extra_callbacks=()) -> RunResult:
         precision = resolve_precision(args.precision)
     except ValueError as error:
         raise TrainingError(str(error)) from None
-    state = cb.read_state(str(run_dir)) if args.resume else None
+    try:
+        state = cb.read_state(str(run_dir)) if args.resume else None
+        if state:
+            cb.choose_checkpoint(str(run_dir), state)  # a damaged or diverged checkpoint: before the build
+    except cb.RunFileError as error:
+        raise TrainingError(str(error)) from None
+    chief = distribute.is_chief(strategy)
+    global_batch = distribute.global_batch_size(recipe.batch_size, strategy)
+    steps = args.steps_per_epoch or steps_for(len(train_faces), global_batch)
+    if description is not None:
+        check_resumed_run(args, description, run_dir, recipe=recipe, loss_weights=loss_weights,
+                          precision=precision, global_batch=global_batch, steps=steps)
     initial_epoch = int(state["epoch"]) if state else 0
     if initial_epoch >= recipe.epochs:
         raise TrainingError(f"{run_dir}: already trained for {initial_epoch} of {recipe.epochs} epochs "
                             "(pass a larger --epochs to go on)")
-    chief = distribute.is_chief(strategy)
-    if not args.resume and chief and (run_dir / cb.CHECKPOINT_DIR / cb.STATE_FILE).is_file():
-        raise TrainingError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
-    global_batch = distribute.global_batch_size(recipe.batch_size, strategy)
-    steps = args.steps_per_epoch or steps_for(len(train_faces), global_batch)
 
     keras.utils.set_random_seed(args.seed)
     set_precision(precision)
-    start_batch = int(state["iterations"]) if state else 0  # batches already trained on
-    datasets = make_datasets(args, config, train_faces, val_faces, global_batch, start_batch)
     with strategy.scope():
         try:
             trainer = build_trainer(config, recipe, steps, loss_weights,
@@ -285,13 +523,23 @@ def run(args, extra_callbacks=()) -> RunResult:
         except (ValueError, FileNotFoundError) as error:
             raise TrainingError(str(error)) from None
         if state:
-            trainer.load_weights(state["weights_path"])
+            try:
+                state, note = cb.load_checkpoint(trainer, str(run_dir), state)
+            except cb.RunFileError as error:
+                raise TrainingError(str(error)) from None
+            if note:
+                print(f"train.py: warning: {note}", file=sys.stderr, flush=True)
             cb.restore_seed_states(trainer, state.get("seed_states"))
+            initial_epoch = int(state["epoch"])
+    start_batch = int(state["iterations"]) if state else 0  # batches already trained on
+    datasets = make_datasets(args, config, train_faces, val_faces, global_batch, start_batch)
 
-    if chief:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_description(run_dir, args, config, recipe, precision, strategy, global_batch, steps,
-                              train_faces, val_faces, loss_weights)
+    try:
+        if chief:
+            write_run_description(run_dir, args, config, recipe, precision, strategy, global_batch, steps,
+                                  train_faces, val_faces, loss_weights, previous=description, resumed_at=initial_epoch)
+    except cb.RunFileError as error:
+        raise TrainingError(str(error)) from None
     monitor = "val_nme" if val_faces else "nme"
     print(f"training {len(train_faces)} faces, validating {len(val_faces)}; {config.width:g}-width network, "
           f"{precision}, {strategy.num_replicas_in_sync} replica(s), global batch {global_batch}, "
@@ -304,14 +552,16 @@ def run(args, extra_callbacks=()) -> RunResult:
 
     best = cb.BestNetworkSaver(save_best, monitor=monitor,
                                best=(state or {}).get("best"), best_epoch=(state or {}).get("best_epoch"))
-    nan_stop = cb.StopOnNaN()
+    checkpoint = cb.EpochCheckpoint(str(run_dir), is_chief=chief, extra_state=best.state, previous=state)
+
+    nan_stop = cb.StopOnNaN(advice=lambda: divergence_advice(run_dir, recipe.learning_rate, checkpoint))
     history_csv = cb.HistoryCSV(str(run_dir / "history.csv"), initial_epoch=initial_epoch, enabled=chief)
     callbacks = [
         nan_stop,
         cb.SyncBatchNormStatistics(),  # first: later callbacks read the statistics
         cb.LearningRateLogger(),
         best,
-        cb.EpochCheckpoint(str(run_dir), is_chief=chief, extra_state=best.state),
+        checkpoint,
         history_csv,
         cb.CurvePlotter(history_csv, str(run_dir / "curves.png"), enabled=chief),
     ]
@@ -320,16 +570,34 @@ def run(args, extra_callbacks=()) -> RunResult:
                                                      update_freq="epoch", profile_batch=0))
     callbacks.extend(extra_callbacks)
     verbose = (1 if sys.stdout.isatty() else 2) if args.verbose == "auto" else int(args.verbose)
-    history = trainer.fit(datasets[0], validation_data=datasets[1], epochs=recipe.epochs,
-                          initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
-                          verbose=verbose, shuffle=False)  # the pipeline shuffles
-    if nan_stop.message:
-        return RunResult(trainer, history, run_dir, nan_stop.message)
-    if chief:
-        save_network_atomically(trainer.network, config, str(run_dir / "final.keras"))
-    if best.best is None:  # no finite metric ever: best = final
-        save_best()
+    try:
+        history = trainer.fit(datasets[0], validation_data=datasets[1], epochs=recipe.epochs,
+                              initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
+                              verbose=verbose, shuffle=False)  # the pipeline shuffles
+        if nan_stop.message or checkpoint.message:
+            message = nan_stop.message or (
+                f"{checkpoint.message}; {divergence_advice(run_dir, recipe.learning_rate, checkpoint)}")
+            return RunResult(trainer, history, run_dir, message)
+        if chief:
+            save_network_atomically(trainer.network, config, str(run_dir / "final.keras"))
+        if best.best is None:  # no finite metric ever: best = final
+            save_best()
+    except cb.RunFileError as error:
+        remedy = "free some space" if "no space" in str(error) else "make it writable"
+        raise TrainingError(f"{error}; {remedy} and continue with --out {run_dir} --resume") from None
     return RunResult(trainer, history, run_dir)
+
+
+def divergence_advice(run_dir, learning_rate: float, checkpoint) -> str:
+    """What to do after the loss or the weights became non-finite: continue from the last finite
+    checkpoint (`checkpoint.last`, which is what --resume loads) with half the learning rate."""
+    lower = f"{learning_rate / 2:.3g}"
+    if checkpoint.last is None:
+        return (f"no checkpoint was saved yet: start again with a lower --learning-rate (e.g. {lower}, now "
+                f"{learning_rate:g}) or check the data")
+    return (f"the last finite checkpoint is epoch {checkpoint.last['epoch']} ({checkpoint.last_path}); continue "
+            f"from it with a lower learning rate: --out {run_dir} --resume --learning-rate {lower} "
+            f"(now {learning_rate:g}), or check the data")
 
 
 def tensorboard_available() -> bool:
@@ -376,12 +644,21 @@ def make_datasets(args, config, train_faces, val_faces, global_batch, start_batc
 
 
 def write_run_description(run_dir, args, config, recipe, precision, strategy, global_batch, steps, train, val,
-                          loss_weights):
+                          loss_weights, previous=None, resumed_at=0):
+    """config.json (and split.json for a new run). A resumed run keeps the saved description's history:
+    `resumes` lists, per resume, the epoch it continued from and the options that it changed."""
     import keras
     import tensorflow as tf
 
     from cfdrnn_keras.training.callbacks import write_text_atomically
 
+    resumes = []
+    if previous is not None:
+        resumes = list(previous.get("resumes") or [])
+        saved = previous.get("options", {})
+        changed = {key: [saved[key], value] for key, value in sorted(vars(args).items())
+                   if key in saved and key not in RUN_CONTROL and saved[key] != value}
+        resumes.append({"epoch": int(resumed_at), "changed": changed})
     description = {
         "model": config.to_dict(),
         "recipe": recipe.to_dict(),
@@ -396,13 +673,21 @@ def write_run_description(run_dir, args, config, recipe, precision, strategy, gl
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "environment": {key: os.environ.get(key) for key in ("TF_ENABLE_ONEDNN_OPTS", "TF_CONFIG")},
     }
-    write_text_atomically(str(run_dir / "config.json"), json.dumps(description, indent=2, sort_keys=True))
-    split = {"train": [f.pts_path for f in train], "validation": [f.pts_path for f in val]}
-    write_text_atomically(str(run_dir / "split.json"), json.dumps(split, indent=1))
+    if resumes:
+        description["resumes"] = resumes
+    write_text_atomically(str(run_dir / "config.json"), json.dumps(description, indent=2, sort_keys=True),
+                          "run description")
+    if previous is None or not (run_dir / "split.json").is_file():  # a resumed run's split was checked equal
+        split = {"train": [f.pts_path for f in train], "validation": [f.pts_path for f in val]}
+        write_text_atomically(str(run_dir / "split.json"), json.dumps(split, indent=1), "split")
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except TrainingError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         result = run(args)
     except TrainingError as error:

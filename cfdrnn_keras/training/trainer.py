@@ -316,13 +316,23 @@ def load_network_weights(network: keras.Model, path: str) -> None:
 
     Fine-tuning may change precision or dropout; layers are matched by name, shapes must agree.
     """
+    from .callbacks import non_finite_variables
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: initial weights not found")
     if path.endswith(".weights.h5"):
-        network.load_weights(path)
+        try:
+            network.load_weights(path)
+        except Exception as error:  # noqa: BLE001  (truncated, corrupt, another network: one line)
+            raise ValueError(f"{path}: does not load into this network ({_first_line(error)})") from None
+        _refuse_non_finite(path, non_finite_variables(network.weights))
         return
-    source = keras.saving.load_model(path, compile=False, safe_mode=True)
+    try:
+        source = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"{path}: cannot be loaded as a Keras network ({_first_line(error)})") from None
+    _refuse_non_finite(path, non_finite_variables(source.weights))
     for layer in network.layers:
         if not layer.weights:
             continue
@@ -335,6 +345,18 @@ def load_network_weights(network: keras.Model, path: str) -> None:
         if [tuple(v.shape) for v in values] != shapes:
             raise ValueError(f"{path}: layer {layer.name!r} has weights of other shapes (another width or size?)")
         layer.set_weights(values)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _refuse_non_finite(path: str, bad: list) -> None:
+    if bad:
+        raise ValueError(
+            f"{path}: holds non-finite weights (NaN or infinity in {len(bad)} variables, e.g. {bad[0]}); "
+            "start from a network saved before its run diverged (that run's best.keras or an earlier checkpoint)")
 
 
 def plain_network_copy(network: keras.Model, config: CFDRNNConfig) -> keras.Model:
@@ -354,12 +376,14 @@ def plain_network_copy(network: keras.Model, config: CFDRNNConfig) -> keras.Mode
 
 
 def save_network_atomically(network: keras.Model, config: CFDRNNConfig, path: str) -> None:
-    """`path` (.keras) gets the plain float32 network; a reader never sees a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    plain_network_copy(network, config).save(temporary)
-    os.replace(temporary, path)
+    """`path` (.keras) gets the plain float32 network; a reader never sees a half-written file.
+
+    The file is serialised in memory and written by `callbacks.write_bytes_atomically`: a full disk
+    raises `callbacks.RunFileError` (one line), removes the temporary file and leaves `path` as it was.
+    """
+    from .callbacks import model_bytes, write_bytes_atomically
+
+    write_bytes_atomically(path, model_bytes(plain_network_copy(network, config)), "network")
 
 
 def steps_for(count: int, global_batch: int) -> int:
