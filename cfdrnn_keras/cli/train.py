@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "0 = no validation (best.keras then follows the training NME)")
     data.add_argument("--limit", type=int, default=0,
                       help="use at most this many faces (a seeded random subset, before the split); 0 = all")
-    data.add_argument("--augment", choices=("default", "none"), default="default",
-                      help="training augmentation: rotation, scaling, shift, mirroring, colour (data_pipelines."
-                           "augment.AugmentConfig defaults) or none")
+    data.add_argument("--augment", choices=("default", "strong", "none"), default="default",
+                      help="training augmentation: rotation, scaling, shift, mirroring, colour (default: "
+                           "data_pipelines.augment.AugmentConfig's ±15° / ±10 %%; strong: HRNet's ±30° / ±25 %%) "
+                           "or none")
     data.add_argument("--cache", choices=("memory", "none"), default="memory",
                       help="decode every photo once and keep the crops in memory, or re-read them each epoch")
 
@@ -622,7 +623,7 @@ def make_datasets(args, config, train_faces, val_faces, global_batch, start_batc
     from data_pipelines.augment import AugmentConfig
     from data_pipelines.dataset import make_dataset
 
-    augment = AugmentConfig() if args.augment == "default" else AugmentConfig.none()
+    augment = AugmentConfig.named(args.augment)
     problems = []
     try:
         if args.cache == "memory":
