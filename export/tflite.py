@@ -98,11 +98,13 @@ def float_heatmap_head(model: keras.Model) -> list[str]:
     return patterns + [f"{name}_" for name in ["decoder", *decoding]]
 
 
-# Signature outputs computed in float in the full-integer file (issue 17): the last op of each is
-# named after the output (`StatefulPartitionedCall:K`), not after its layer, so the layer patterns
-# miss it; quantised, the face score's logistic saw its inputs clipped to the faces' calibration range
-# (every background box scored 0.5) and the uncertainty's exp was cut at 21.6 px.
-FLOAT_OUTPUTS = ("uncertainty", "face_score")
+# Signature outputs computed in float in the full-integer file: the last op of each is named after
+# the output (`StatefulPartitionedCall:K`), not after its layer, so the layer patterns miss it.
+# Quantised, the face score's logistic saw its inputs clipped to the faces' calibration range (every
+# background box scored 0.5), the uncertainty's exp was cut at 21.6 px (issue 17), and the landmarks
+# came out in steps of about half a crop pixel (256 levels over the crop), which undid most of what
+# the sub-pixel peaks gain.
+FLOAT_OUTPUTS = ("landmarks", "confidence", "uncertainty", "face_score")
 
 
 def _tensor_names(saved_model_dir, outputs=()) -> list[str]:

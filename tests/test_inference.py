@@ -286,13 +286,14 @@ def test_packaged_model_puts_the_points_on_real_sample_faces(packaged_detector, 
         errors.append(best)
     errors = np.array(errors)
     assert len(errors) == 15
-    # Bounds from the shipped model's measurement with the default test-time ensemble
-    # (docs/MODEL_CARD.md: annotated boxes mean 4.38 %, worst 7.6 %; detected boxes median 3.8 %,
-    # worst 12.1 %), with about a point of margin. Issue 7: every photo below 15 % with its annotated
-    # box. An untrained network scores ~20-60 %.
+    # Bounds from the default packaged model's measurement as LandmarkDetector() runs it (its full-int8
+    # LiteRT file: four-stage average, sub-pixel peaks, flip test; docs/MODEL_CARD.md): annotated boxes
+    # mean 4.17 %, worst 7.75 %; detected boxes median 3.42 %, worst 11.8 %; with about half a point of
+    # margin on the typical photo and two to three on the worst. Issue 14: every photo below 8 % with
+    # its annotated box (the bound leaves room for the int8 rounding). An untrained network scores ~20-60 %.
     if boxes == "annotated":
-        assert errors.mean() < 0.055, errors
-        assert errors.max() < 0.15, errors
+        assert errors.mean() < 0.047, errors
+        assert errors.max() < 0.10, errors
     else:
-        assert np.median(errors) < 0.05, errors
-        assert errors.max() < 0.18, errors
+        assert np.median(errors) < 0.045, errors
+        assert errors.max() < 0.15, errors
