@@ -102,12 +102,24 @@ def subpixel_peaks(heatmaps, stride: int = 4, input_size: int = 256):
     """
     heatmaps = ops.stop_gradient(ops.cast(heatmaps, "float32"))
     height, width, count = heatmaps.shape[1], heatmaps.shape[2], heatmaps.shape[3]
-    flat = ops.reshape(heatmaps, (-1, height * width, count))
+    cells = height * width
+    flat = ops.reshape(heatmaps, (-1, cells, count))
     index = _argmax_flat(flat)
     x, y = index % width, index // width
-    log_at = lambda i: ops.log(ops.maximum(  # noqa: E731  (log h at flat index i, per point)
-        ops.squeeze(ops.take_along_axis(flat, ops.clip(i, 0, height * width - 1)[:, None, :], axis=1), 1), 1e-10))
-    centre = log_at(index)
+    # The values at the argmax and its four neighbours, gathered from the maps flattened to one axis
+    # (a 1-D GATHER of B·N values: LiteRT runs take_along_axis on (B, H·W, N) maps, and a one-hot mask,
+    # several times slower, which made the full-int8 file 30 % slower than without sub-pixel peaks).
+    values = ops.reshape(flat, (-1,))
+    batch_offset = ops.arange(ops.shape(flat)[0], dtype="int32")[:, None] * (cells * count)
+    point_offset = ops.arange(count, dtype="int32")[None, :]
+
+    def log_at(shift):
+        """log h at flat index (argmax + shift), clamped into the map (the caller masks the edges)."""
+        where = ops.clip(index + shift, 0, cells - 1)
+        picked = ops.take(values, batch_offset + where * count + point_offset)
+        return ops.log(ops.maximum(picked, 1e-10))
+
+    centre = log_at(0)
 
     def offset(before, after, inside):
         curvature = before - 2.0 * centre + after
@@ -115,8 +127,8 @@ def subpixel_peaks(heatmaps, stride: int = 4, input_size: int = 256):
         safe = ops.where(usable, curvature, -1.0)
         return ops.where(usable, ops.clip(0.5 * (before - after) / safe, -1.0, 1.0), 0.0)
 
-    dx = offset(log_at(index - 1), log_at(index + 1), ops.logical_and(x > 0, x < width - 1))
-    dy = offset(log_at(index - width), log_at(index + width), ops.logical_and(y > 0, y < height - 1))
+    dx = offset(log_at(-1), log_at(1), ops.logical_and(x > 0, x < width - 1))
+    dy = offset(log_at(-width), log_at(width), ops.logical_and(y > 0, y < height - 1))
     points = ops.stack([ops.cast(x, "float32") + dx, ops.cast(y, "float32") + dy], axis=-1)
     return points * float(stride) / float(input_size)
 
