@@ -192,6 +192,8 @@ def load_model(path=None, ensemble=None, trust_model: bool = False):
 
     resolved, name = packaged.resolve(path)
     path = Path(resolved)
+    if name is not None and ensemble is None and path.suffix.lower() == ".keras":
+        ensemble = packaged.packaged_model(packaged.packaged_name(name)).ensemble  # as its LiteRT file runs
     label = name or str(path)
     if not path.exists():
         if name is not None:

@@ -84,7 +84,7 @@ def packaged_web_model() -> tuple[Path, str]:
         packaged = importlib.import_module("cfdrnn_keras.runtime.packaged")
         return Path(packaged.packaged_model(PACKAGED_WEB_MODEL).tflite_path), PACKAGED_WEB_MODEL
     except ImportError:
-        return assets_dir() / "cfdrnn_mobile_int8.tflite", PACKAGED_WEB_MODEL
+        return assets_dir() / "cfdrnn_mobile_noflip_int8.tflite", PACKAGED_WEB_MODEL
 
 
 def blazeface_model() -> Path:

@@ -90,7 +90,7 @@ def test_predict_is_quiet_and_names_the_packaged_model(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "1 of 1 inputs processed"  # no TensorFlow, absl, CUDA or LiteRT lines
     report = json.loads(out.read_text())
-    assert report["model"] == "fast" and len(report["inputs"][0]["faces"]) == 1
+    assert report["model"] == "accurate" and len(report["inputs"][0]["faces"]) == 1
 
 
 def test_the_keras_path_is_quiet_too(tmp_path):
@@ -107,7 +107,7 @@ def test_the_keras_path_is_quiet_too(tmp_path):
 def test_benchmark_times_the_user_path_and_records_the_cpu(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, "-m", "cfdrnn_keras", "benchmark", "--runs", "2", "--warmup", "1",
-                             "--cold-runs", "1", "--threads", "1", "--json", str(out)],
+                             "--cold-runs", "1", "--threads", "1", "--models", "fast", "--json", str(out)],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())

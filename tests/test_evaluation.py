@@ -273,7 +273,7 @@ def test_missing_model_is_one_clear_line(tmp_path, monkeypatch):
     default = packaged.packaged_model()
     monkeypatch.setitem(packaged.PACKAGED_MODELS, default.name,
                         dataclasses.replace(default, tflite_file=str(tmp_path / "absent.tflite")))
-    with pytest.raises(ev.EvaluationError, match="absent.tflite: the packaged model 'fast' is missing .* --model"):
+    with pytest.raises(ev.EvaluationError, match=f"absent.tflite: the packaged model '{default.name}' is missing .* --model"):
         ev.load_model(None)
     with pytest.raises(ev.EvaluationError, match="not found"):
         ev.load_model(tmp_path / "nothing.keras")
@@ -317,7 +317,7 @@ def test_cli_report_has_exactly_the_documented_shape(tmp_path, shared_data, tiny
     assert set(report) - {"uncertainty"} == {"model", "box", "ensemble", "skipped", "subsets", "per_image"}
     assert report["skipped"] == []
     assert isinstance(report["model"], str) and report["model"].endswith("tiny.keras")
-    assert report["box"] == "gt" and report["ensemble"] == {"flip": True, "stages": "all"}  # the default
+    assert report["box"] == "gt" and report["ensemble"] == {"flip": True, "stages": "all", "subpixel": True}  # the default
     assert list(report["subsets"]) == ["afw", "all"]  # sorted: the first five faces are all AFW
     for row in report["subsets"].values():
         assert set(row) == {"n", "nme_io", "nme_ip", "auc08_io", "fr08_io"}

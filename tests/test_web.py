@@ -33,6 +33,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# the LiteRT file of the packaged model the page runs by default (export.web.PACKAGED_WEB_MODEL)
+FAST_FILE = "cfdrnn_mobile_noflip_int8.tflite"
 ASTRONAUT = REPO / "examples" / "astronaut.png"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -227,7 +229,7 @@ def test_no_request_leaves_127_0_0_1(astronaut_run, browser, server):
     outside = [url for url in browser.requests if not url.startswith(server.url) and not url.startswith("data:")]
     assert outside == []
     fetched = {url[len(server.url):].split("?")[0] for url in browser.requests}
-    assert {"cfdrnn.js", "model.json", "litert/core.js", "models/cfdrnn_mobile_int8.tflite"} <= fetched
+    assert {"cfdrnn.js", "model.json", "litert/core.js", f"models/{FAST_FILE}"} <= fetched
 
 
 def test_chosen_photo_and_webcam(browser, playwright, server, tmp_path_factory):
@@ -345,7 +347,7 @@ def test_folder_is_self_contained(folder):
     expected = {"index.html", "cfdrnn.js", "model.json", "litert/core.js", "litert/wasm-utils.js",
                 "litert/litert_wasm_internal.js", "litert/litert_wasm_internal.wasm",
                 "litert/litert_wasm_compat_internal.js", "litert/litert_wasm_compat_internal.wasm",
-                "models/cfdrnn_mobile_int8.tflite", "models/face_detection_full_range_sparse.tflite"}
+                f"models/{FAST_FILE}", "models/face_detection_full_range_sparse.tflite"}
     present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
     assert expected <= present
     for name in ("index.html", "cfdrnn.js", "model.json", "litert/core.js", "litert/wasm-utils.js"):
@@ -394,7 +396,7 @@ def test_export_cli_writes_the_web_folder(tmp_path, folder):
     done = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), "--formats", "web", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (out / "web" / "index.html").is_file() and (out / "web" / "models" / "cfdrnn_mobile_int8.tflite").is_file()
+    assert (out / "web" / "index.html").is_file() and (out / "web" / "models" / FAST_FILE).is_file()
     assert json.loads((out / "web" / "model.json").read_text())["model"] == "fast"
     bad = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), "--formats", "web,nonsense", "--out",
                           str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)

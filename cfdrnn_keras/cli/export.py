@@ -92,17 +92,21 @@ def main(argv=None) -> int:
         hint = "" if args.model else " (no packaged model in this checkout: pass --model PATH)"
         print(f"export: {model_path}: model file not found{hint}", file=sys.stderr)
         return 2
+    named = packaged.packaged_name(args.model)
+    default_options = packaged.packaged_model(named).ensemble if named else None  # as its LiteRT file runs
     web_model = None
     if web and "tflite_int8_full" not in formats:  # the page packs the packaged model's LiteRT file
-        name = args.model.removesuffix(packaged.KERAS_SUFFIX) if args.model else packaged.DEFAULT_MODEL
+        from export.web import PACKAGED_WEB_MODEL
+
+        name = args.model.removesuffix(packaged.KERAS_SUFFIX) if args.model else PACKAGED_WEB_MODEL
         if name not in packaged.PACKAGED_MODELS:
             print(f"export: web: {args.model} is not a packaged model: add tflite_int8_full to --formats "
                   "(the page runs that file)", file=sys.stderr)
             return 2
         from cfdrnn_keras import ensemble_options
 
-        if ensemble_options.options_from_args(args) not in (None, ensemble_options.EnsembleOptions()):
-            print("export: web: the packaged LiteRT file runs the default ensemble; add tflite_int8_full to "
+        if ensemble_options.options_from_args(args) not in (None, packaged.packaged_model(name).ensemble):
+            print(f"export: web: the packaged LiteRT file runs {name}'s ensemble; add tflite_int8_full to "
                   "--formats to export the page with another", file=sys.stderr)
             return 2
         web_model = (packaged.packaged_model(name).tflite_path, name)
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
 
     try:
         model = keras.saving.load_model(model_path, safe_mode=True)
-        options = ensembles.options_from_args(args) or ensembles.EnsembleOptions()
+        options = ensembles.options_from_args(args) or default_options or ensembles.EnsembleOptions()
         from cfdrnn_keras.model.uncertainty import load_calibration
 
         # issue 17: the uncertainty / face-score calibration beside the .keras file, when there is one

@@ -260,6 +260,8 @@ def load_backend(model=None, ensemble=None, threads: int | None = None, trust_mo
         raise ModelLoadError(f"cannot use a {type(model).__name__} as a model: pass a name "
                              f"({', '.join(packaged.PACKAGED_MODELS)}), a path or a keras.Model")
     path = Path(model)
+    if name is not None and ensemble is None and path.suffix.lower() == ".keras":
+        ensemble = packaged.packaged_model(packaged.packaged_name(name)).ensemble  # as its LiteRT file runs
     if not path.exists():
         if name is not None:
             raise ModelLoadError(f"{path}: the packaged model {name!r} is missing from this install "

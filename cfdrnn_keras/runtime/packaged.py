@@ -1,16 +1,21 @@
 """The models that ship inside the package, by name, and the files behind each name.
 
-A packaged model is one trained network in two files:
+A packaged model is a trained network, the test-time ensemble it runs with, and two files:
 
 - a LiteRT (`.tflite`) file, what `LandmarkDetector()` and the tools run by default: the network
-  with its test-time ensemble (flip test + four-stage average), quantised to full int8 with the
-  heat-map heads kept float (`tools/export.py --formats tflite_int8_full`), uint8 crops in,
-  landmarks in crop pixels out. It needs LiteRT only.
+  with its ensemble (four-stage average, sub-pixel peaks, and for `accurate` the flip test) built in,
+  quantised to full int8 with the heat-map heads and the outputs kept float
+  (`cfdrnn export --model NAME --formats tflite_int8_full`), uint8 crops in, landmarks in crop
+  pixels, their uncertainty and a face score out. It needs LiteRT only.
 - the float `.keras` network, which training (`--init-weights`) and export start from; running it
-  needs the `[train]` extra.
+  (`NAME:keras`, with the same ensemble) needs the `[train]` extra.
 
-Names, as `LandmarkDetector(model=...)` and `--model` take them: `NAME` is the LiteRT file,
-`NAME:keras` the float network. docs/MODEL_CARD.md has a section for each model.
+Two names, chosen by what they are for (docs/MODEL_CARD.md has a section for each):
+- `accurate`, the default: the best NME the package has;
+- `fast`, for video and devices: the best NME that runs in at most 10 ms a face, end to end (face
+  detector, crop, network, points mapped back), on one core of an AVX512-VNNI CPU.
+Until the 256² network of issue 14 is trained, both are the `mobile` network; `accurate` also runs
+the crop's mirror (3.35 % against 3.48 % validation NME, 12.9 against 7.5 ms a face).
 """
 from __future__ import annotations
 
@@ -28,6 +33,14 @@ class PackagedModel:
     keras_file: str
     tflite_file: str
     summary: str
+    flip_test: bool = True  # the ensemble its files run (four-stage average and sub-pixel peaks always)
+
+    @property
+    def ensemble(self):
+        """The `EnsembleOptions` its LiteRT file was exported with, and its `:keras` form runs with."""
+        from ..ensemble_options import EnsembleOptions
+
+        return EnsembleOptions(flip=self.flip_test)
 
     @property
     def keras_path(self) -> Path:
@@ -39,11 +52,15 @@ class PackagedModel:
 
 
 PACKAGED_MODELS = {
+    "accurate": PackagedModel(
+        name="accurate", preset="mobile", keras_file="cfdrnn_mobile.keras", tflite_file="cfdrnn_mobile_int8.tflite",
+        summary="the best NME: the mobile network with the flip test", flip_test=True),
     "fast": PackagedModel(
-        name="fast", preset="mobile", keras_file="cfdrnn_mobile.keras", tflite_file="cfdrnn_mobile_int8.tflite",
-        summary="128² crops, width 1/4; for video and devices"),
+        name="fast", preset="mobile", keras_file="cfdrnn_mobile.keras",
+        tflite_file="cfdrnn_mobile_noflip_int8.tflite",
+        summary="≤ 10 ms a face on one core: the mobile network, one pass; for video and devices", flip_test=False),
 }
-DEFAULT_MODEL = "fast"
+DEFAULT_MODEL = "accurate"
 
 
 def packaged_model(name: str | None = None) -> PackagedModel:
@@ -53,6 +70,17 @@ def packaged_model(name: str | None = None) -> PackagedModel:
         return PACKAGED_MODELS[name]
     except KeyError:
         raise ValueError(f"no packaged model named {name!r}; packaged: {', '.join(PACKAGED_MODELS)}") from None
+
+
+def packaged_name(spec) -> str | None:
+    """The packaged model a spec names (`NAME` or `NAME:keras`; None → the default), else None."""
+    if spec is None:
+        return DEFAULT_MODEL
+    if isinstance(spec, str):
+        base = spec[:-len(KERAS_SUFFIX)] if spec.endswith(KERAS_SUFFIX) else spec
+        if base in PACKAGED_MODELS:
+            return base
+    return None
 
 
 def resolve(spec) -> tuple[object, str | None]:
@@ -76,4 +104,4 @@ def describe() -> str:
 
 
 __all__ = ["ASSETS", "DEFAULT_MODEL", "KERAS_SUFFIX", "PACKAGED_MODELS", "PackagedModel", "describe",
-           "packaged_model", "resolve"]
+           "packaged_model", "packaged_name", "resolve"]
