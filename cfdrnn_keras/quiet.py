@@ -29,8 +29,10 @@ def quiet_mode(enabled: bool = True) -> None:
         os.environ.pop(_QUIET_ENV, None)
         return
     os.environ[_QUIET_ENV] = "1"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    # Set, not defaulted: quiet means quiet even where a parent left TF_CPP_MIN_LOG_LEVEL=2, which
+    # still lets "failed call to cuInit" through; --verbose is the way to see TensorFlow's lines.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ["ABSL_MIN_LOG_LEVEL"] = "3"
 
 
 def is_quiet() -> bool:
