@@ -42,7 +42,9 @@ def parse_args(argv=None):
     parser.add_argument("--json", dest="json_path", default="benchmark.json",
                         help="write the results here (default: benchmark.json)")
     parser.add_argument("--models", default=None,
-                        help="comma-separated packaged model names or .tflite paths (default: every packaged model)")
+                        help="comma-separated packaged model names (NAME:keras for the float Keras network, which "
+                             "needs the [train] extra and ignores --threads) or model paths (default: every "
+                             "packaged model's LiteRT file)")
     parser.add_argument("--threads", default="1,all",
                         help="comma-separated thread counts; 'all' = every core this process may use (default: 1,all)")
     parser.add_argument("--photo", default=None,
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
     models = ([m.strip() for m in args.models.split(",") if m.strip()] if args.models
               else [name for name, m in packaged.PACKAGED_MODELS.items() if m.tflite_path.exists()])
     for model in models:
-        if model not in packaged.PACKAGED_MODELS and not Path(model).is_file():
+        if packaged.packaged_name(model) is None and not Path(model).exists():
             print(f"benchmark: {model}: neither a packaged model ({', '.join(packaged.PACKAGED_MODELS)}) "
                   "nor a model file", file=sys.stderr)
             return 2
