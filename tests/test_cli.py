@@ -129,3 +129,19 @@ def test_benchmark_bad_options_are_one_line():
     result = _python("import sys\nfrom cfdrnn_keras.cli import main\nsys.exit(main(sys.argv[1:]))",
                      "benchmark", "--models", "nonesuch")
     assert result.returncode == 2 and "nonesuch: neither a packaged model" in result.stderr
+
+
+def test_min_face_score_drops_faces_the_model_cannot_align(tmp_path):
+    """The astronaut's face scores about 0.98 (docs/MODEL_CARD.md): kept at 0.5, dropped at 0.999."""
+    counts = {}
+    for threshold in ("0.5", "0.999"):
+        out = tmp_path / f"{threshold}.json"
+        result = subprocess.run([sys.executable, "-m", "cfdrnn_keras", "predict", str(ASTRONAUT), "--quiet",
+                                 "--min-face-score", threshold, "--json", str(out)],
+                                capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert result.returncode == 0, result.stderr
+        (entry,) = json.loads(out.read_text())["inputs"]
+        counts[threshold] = len(entry.get("faces", []))
+        if counts[threshold]:
+            assert entry["faces"][0]["face_score"] >= float(threshold)
+    assert counts == {"0.5": 1, "0.999": 0}

@@ -74,6 +74,9 @@ def parse_args(argv=None):
                              "windows for small faces (default: 2)")
     parser.add_argument("--min-score", type=float, default=0.5,
                         help="face-detector score threshold (default: 0.5)")
+    parser.add_argument("--min-face-score", type=float, default=None, metavar="P",
+                        help="drop faces whose face_score (does the crop hold a face the model can align? 0-1) "
+                             "is below P, e.g. 0.5 against false detections (default: keep every face)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse images with more pixels than this, checked before decoding "
                              f"(default: {DEFAULT_MAX_PIXELS})")
@@ -314,7 +317,7 @@ def run(args) -> int:
         return 2
     try:
         detector = LandmarkDetector(model=args.model, batch_size=args.batch_size, ensemble=options_from_args(args),
-                                    threads=args.threads, trust_model=args.trust_model)
+                                    threads=args.threads, min_face_score=args.min_face_score, trust_model=args.trust_model)
         if not args.boxes_from_pts:
             detector.detector = FaceDetector(score_threshold=args.min_score, zoom=args.detector_zoom,
                                              num_threads=detector.threads)

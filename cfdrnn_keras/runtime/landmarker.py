@@ -115,7 +115,8 @@ class LandmarkDetector:
     """
 
     def __init__(self, model=None, detector=None, batch_size: int = 8, margin: float = CROP_MARGIN,
-                 ensemble=None, threads: int | None = None, trust_model: bool = False):
+                 ensemble=None, threads: int | None = None, trust_model: bool = False,
+                 min_face_score: float | None = None):
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.threads = default_threads() if threads is None else int(threads)
@@ -124,6 +125,7 @@ class LandmarkDetector:
         self.input_size = int(getattr(self.backend, "input_size", 256))
         self.batch_size = max(1, int(batch_size))
         self.margin = float(margin)
+        self.min_face_score = min_face_score  # detect()'s default: every frame of a video uses it too
         self._detector = detector
 
     @property
@@ -151,8 +153,11 @@ class LandmarkDetector:
         image: a file path (read with `data_pipelines.images.read_image`), or an H×W×3 uint8 array in
             RGB order — an array from `cv2.imread` is BGR: pass color="bgr".
         min_face_score: drop faces whose `face_score` is below this (e.g. 0.5: a box on the background
-            or a false detection; docs/INFERENCE.md). Faces of a model without a face score are kept.
+            or a false detection; docs/INFERENCE.md); None: `LandmarkDetector(min_face_score=...)`'s,
+            which is None (keep every face) unless given. Faces of a model without a face score are kept.
         """
+        if min_face_score is None:
+            min_face_score = self.min_face_score
         if isinstance(image, (str, Path)):
             if color != "rgb":
                 raise ValueError("color= is for arrays; a file is read in its own colours")
