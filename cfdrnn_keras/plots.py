@@ -23,6 +23,15 @@ def _pyplot():
     return plt
 
 
+def _save(figure, path) -> Path:
+    """Lay the figure out and write it as a PNG, making its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
 def safe_name(text: str) -> str:
     """A file-name-safe version of a subset or run name (`lfpw/testset` → `lfpw_testset`)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "unnamed"
@@ -51,13 +60,9 @@ def plot_ced(curves: dict, path, title: str = "Cumulative error distribution",
         axes.set_title(title)
         axes.grid(True, alpha=0.3)
         axes.legend(loc="best", fontsize="small")  # good models rise at the left, poor ones hug the bottom
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.tight_layout()
-        figure.savefig(path)
+        return _save(figure, path)
     finally:
         plt.close(figure)
-    return path
 
 
 def plot_run(members: dict, directory, model: str = "") -> list[Path]:
@@ -110,10 +115,6 @@ def plot_reliability(uncertainty_px, error_px, path, title: str = "Uncertainty r
         axes.set_title(title)
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(loc="upper left", fontsize="small")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.tight_layout()
-        figure.savefig(path)
+        return _save(figure, path)
     finally:
         plt.close(figure)
-    return path

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,15 +61,7 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------------
 # Timing (worker side)
 # ------------------------------------------------------------------------------------------------
-def time_calls(call, runs: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000.0)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "runs": runs}
+from .benchmark import time_calls  # noqa: E402  (one timing loop for both benchmarks)
 
 
 def _keras_call(model_path, crop, bf16: bool):
