@@ -302,3 +302,24 @@ def test_packaged_int8_file_gives_the_keras_uncertainty(packaged_detector, sampl
     ratio = sample_predictions[0].uncertainty[:4] / keras_result.uncertainty
     assert np.median(np.abs(np.log(ratio))) < 0.03 and np.abs(np.log(ratio)).max() < 0.2  # measured: median 1 %, max 9 %
     np.testing.assert_allclose(sample_predictions[0].face_score[:4], keras_result.face_score, atol=0.03)
+
+
+def test_points_cut_off_by_the_image_border_get_a_higher_uncertainty(packaged_detector, shared_data):
+    """Issue 17's third kind of occlusion: the photo cut through the face, so the left third of the
+    68-point box lies outside it (same box, so the same crop geometry). Measured on 60 Helen faces:
+    the cut-off points' mean uncertainty rises on 60/60, median ×12.6, least ×1.7."""
+    from data_pipelines.discovery import find_faces
+    from data_pipelines.geometry import face_box_from_points
+    from data_pipelines.images import read_image
+    from data_pipelines.pts import read_pts
+
+    ratios = []
+    for face in find_faces([shared_data / "300w" / "helen"], check=False)[:8]:
+        image, gt = read_image(face.image_path), read_pts(face.pts_path)
+        box = face_box_from_points(gt)
+        cut = int(round(box[0] + (box[2] - box[0]) / 3))
+        outside = gt[:, 0] < cut
+        whole = packaged_detector.detect(image, boxes=[box])[0]
+        part = packaged_detector.detect(image[:, cut:], boxes=[(box[0] - cut, box[1], box[2] - cut, box[3])])[0]
+        ratios.append(part.uncertainty[outside].mean() / whole.uncertainty[outside].mean())
+    assert min(ratios) > 1.2 and np.median(ratios) > 3, ratios
