@@ -472,7 +472,7 @@ def test_the_nan_guard_advice_names_the_checkpoint_that_resume_loads(tmp_path):
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
     checkpoint = cb.EpochCheckpoint(str(tmp_path))
     stop = cb.StopOnNaN(advice=lambda: tool.divergence_advice(tmp_path, 0.01, checkpoint))
-    model.fit(dataset, epochs=5, steps_per_epoch=2, verbose=0, callbacks=[stop, checkpoint])
+    model.fit(dataset, epochs=5, steps_per_epoch=2, verbose=0, callbacks=[stop, checkpoint], shuffle=False)
     last = tmp_path / "checkpoints" / "epoch-0001.weights.h5"
     assert stop.message == (
         f"training stopped: the loss became nan at epoch 2, batch 1; the last finite checkpoint is epoch 1 ({last}); "

@@ -190,7 +190,8 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     y[5] = np.nan  # batches of 2, 2 per epoch: sample 5 is in the first batch of epoch 2
     stop = StopOnNaN()
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
-    model.fit(dataset, epochs=5, steps_per_epoch=2, verbose=0, callbacks=[stop, EpochCheckpoint(str(tmp_path))])
+    model.fit(dataset, epochs=5, steps_per_epoch=2, verbose=0, callbacks=[stop, EpochCheckpoint(str(tmp_path))],
+              shuffle=False)
     assert model.stop_training
     assert stop.message.startswith("training stopped: the loss became nan at epoch 2, batch 1")
     assert "--learning-rate" in stop.message and "--resume" in stop.message

@@ -122,7 +122,7 @@ def run_worker(spec: dict) -> dict:
 
     clock = BatchClock()
     started = time.perf_counter()
-    history = trainer.fit(dataset, steps_per_epoch=steps, epochs=1, callbacks=[clock], verbose=0)
+    history = trainer.fit(dataset, steps_per_epoch=steps, epochs=1, callbacks=[clock], verbose=0, shuffle=False)
     fit_seconds = time.perf_counter() - started
     step_ms = [(b - a) * 1000.0 for a, b in zip(clock.marks, clock.marks[1:])]
     measured = step_ms[1 + spec["warmup_batches"]:]
