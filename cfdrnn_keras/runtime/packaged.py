@@ -15,7 +15,7 @@ Two names, chosen by what they are for (docs/MODEL_CARD.md has a section for eac
 - `fast`, for video and devices: the best NME that runs in at most 10 ms a face, end to end (face
   detector, crop, network, points mapped back), on one core of an AVX512-VNNI CPU.
 Until the 256² network of issue 14 is trained, both are the `mobile` network; `accurate` also runs
-the crop's mirror (3.35 % against 3.48 % validation NME, 12.9 against 7.5 ms a face).
+the crop's mirror (3.35 % against 3.48 % validation NME, 12.5 against 7.5 ms a face end to end on one core).
 """
 from __future__ import annotations
 
