@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from pathlib import Path
 
 import keras
 import numpy as np

@@ -1,6 +1,5 @@
 """tools/benchmark_formats.py (every format): bad options, the table, and what each test-time ensemble costs in
 FLOPs, counted from the graphs it exports (no timing: timings are never asserted)."""
-import importlib.util
 from pathlib import Path
 
 import pytest

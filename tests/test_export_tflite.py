@@ -6,7 +6,6 @@ near-flat heat-maps whose argmax flips under any quantisation (measured: several
 uses the packaged model and skips until it ships. For the untrained model, the continuous output
 (`confidence`, the heat-map peaks) shows that quantisation kept the function.
 """
-import importlib.util
 import json
 import os
 from pathlib import Path

@@ -68,7 +68,6 @@ def test_package_model_files_stay_under_40_mb():
 @pytest.fixture(scope="module")
 def real_faces(shared_data):
     from data_pipelines.discovery import find_faces
-    from data_pipelines.geometry import face_box_from_points
     from data_pipelines.images import read_image
     from data_pipelines.pts import read_pts
 

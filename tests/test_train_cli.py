@@ -1,6 +1,5 @@
 """tools/train.py: help, one-line errors, the files of a run, and resuming after a kill mid-epoch."""
 import argparse
-import importlib.util
 import json
 import os
 import subprocess

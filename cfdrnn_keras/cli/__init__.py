@@ -53,7 +53,7 @@ def requirement_message(name: str, missing: list[str]) -> str:
 
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = [f"usage: cfdrnn [--version] [--verbose] COMMAND [options]", "",
+    lines = ["usage: cfdrnn [--version] [--verbose] COMMAND [options]", "",
              "68-point facial landmarks with the CFDRNN network (Mahpod et al.).", "", "commands:"]
     lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
     lines += ["", "options:",

@@ -21,7 +21,6 @@ OUT/manifest.json and a table on stdout. Exit status 0 if every format was writt
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 

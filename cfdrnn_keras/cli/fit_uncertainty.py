@@ -67,7 +67,7 @@ def model_file(spec: str) -> Path:
 
 def validation_faces(args):
     """The held-out faces, as cli/train.py's select_faces makes them (or as a split.json lists them)."""
-    from data_pipelines.discovery import Face, find_faces, load_split
+    from data_pipelines.discovery import find_faces, load_split
 
     if args.held_out:
         split = json.loads(Path(args.held_out).read_text())

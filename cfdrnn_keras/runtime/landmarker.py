@@ -64,20 +64,6 @@ class FaceLandmarks:
         return result
 
 
-def as_rgb_uint8(image) -> np.ndarray:
-    """H×W×3 uint8 RGB from an array that is already RGB, grayscale (H×W or H×W×1) or RGBA."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype} (use data_pipelines.images.read_image for files)")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) == 0:
-        raise ValueError(f"expected an H×W×3 RGB image, got shape {image.shape}")
-    if image.shape[2] == 1:
-        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
-    return np.ascontiguousarray(image[:, :, :3])
-
-
 def as_rgb_uint8(image, color: str = "rgb") -> np.ndarray:
     """H×W×3 uint8 RGB from an array that is RGB (or BGR, with color="bgr"), grayscale (H×W or
     H×W×1), RGBA or BGRA."""
