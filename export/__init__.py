@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cfdrnn_keras.errors import one_line
+
 SAVED_MODEL = "saved_model"
 TFLITE_FORMATS = ("tflite_fp32", "tflite_fp16", "tflite_int8", "tflite_int8_full")
 FORMATS = (SAVED_MODEL,) + TFLITE_FORMATS
@@ -153,7 +155,7 @@ def export_model(model, out_dir, formats=FORMATS, *, calibration_crops=None, com
                     points = np.concatenate([runner(crop)["landmarks"] for crop in comparison_crops])
                     entry = {"operators": sorted(set(tflite.operator_names(content)))}
             except Exception as error:  # one format failing must not stop the others
-                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                message = one_line(error)
                 log(f"export: {fmt}: {message}")
                 manifest["failed"].append(fmt)
                 manifest["exports"][fmt] = {"error": message}

@@ -113,6 +113,9 @@ def test_benchmark_times_the_user_path_and_records_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     (row,) = report["rows"]
     assert row["model"] == "fast" and row["threads"] == 1 and row["faces"] == 1
+    from cfdrnn_keras.runtime.packaged import packaged_model
+
+    assert row["model_file_bytes"] == packaged_model("fast").tflite_path.stat().st_size
     for part in ("end_to_end_per_face", "face_detector", "network"):
         assert row[part]["median_ms"] > 0 and row[part]["runs"] == 2
     assert row["cold_start_api"]["median_s"] > 0 and row["cold_start_cli"]["median_s"] > 0

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import one_line
+
 ASTRONAUT = Path(__file__).resolve().parents[2] / "examples" / "astronaut.png"
 
 COLD_START_SCRIPT = """
@@ -196,7 +198,7 @@ def main(argv=None) -> int:
             try:
                 report["rows"].append(time_model(model, count, photo, args))
             except Exception as error:  # one row fails (a model that does not load): report it, go on
-                message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                message = one_line(error)
                 report["rows"].append({"model": model, "threads": count, "error": message})
                 print(f"benchmark: {model} at {count} thread(s): {message}", file=sys.stderr)
     report["machine"]["load_average_end"] = os.getloadavg()

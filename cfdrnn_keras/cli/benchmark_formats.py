@@ -61,6 +61,7 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------------
 # Timing (worker side)
 # ------------------------------------------------------------------------------------------------
+from ..errors import one_line  # noqa: E402
 from .benchmark import time_calls  # noqa: E402  (one timing loop for both benchmarks)
 
 
@@ -153,7 +154,7 @@ def run_worker(spec_path: str, threads: int) -> int:
                 raise ValueError(f"unknown row kind {kind}")
             results[name] = time_calls(call, spec["runs"], spec["warmup"])
         except Exception as error:  # one row failing must not lose the others
-            results[name] = {"error": str(error).strip().splitlines()[0] if str(error).strip() else repr(error)}
+            results[name] = {"error": one_line(error)}
         print(f"  [{threads} thread(s)] {name}: {results[name]}", file=sys.stderr, flush=True)
     print(json.dumps(results))
     return 0

@@ -26,9 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-# This script shares its name with the `export` package: take its own folder off the import path
-# (Python puts it first) so `import export` finds the package.
-
+from cfdrnn_keras.errors import one_line
 from export import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS, FORMATS, WEB,  # noqa: E402  (no TF yet)
                     default_calibration_root, default_model_path, parse_formats)
 
@@ -83,21 +81,18 @@ def main(argv=None) -> int:
     web, formats = WEB in formats, [fmt for fmt in formats if fmt != WEB]
     from cfdrnn_keras.runtime import packaged
 
-    if args.model is None or args.model.removesuffix(packaged.KERAS_SUFFIX) in packaged.PACKAGED_MODELS:
-        model_path = default_model_path(args.model.removesuffix(packaged.KERAS_SUFFIX) if args.model else None)
-    else:
-        model_path = Path(args.model)
+    named = packaged.packaged_name(args.model)  # None: a path
+    model_path = default_model_path(named) if named else Path(args.model)
     if not model_path.exists():
         hint = "" if args.model else " (no packaged model in this checkout: pass --model PATH)"
         print(f"export: {model_path}: model file not found{hint}", file=sys.stderr)
         return 2
-    named = packaged.packaged_name(args.model)
     default_options = packaged.packaged_model(named).ensemble if named else None  # as its LiteRT file runs
     web_model = None
     if web and "tflite_int8_full" not in formats:  # the page packs the packaged model's LiteRT file
         from export.web import PACKAGED_WEB_MODEL
 
-        name = args.model.removesuffix(packaged.KERAS_SUFFIX) if args.model else PACKAGED_WEB_MODEL
+        name = named if args.model else PACKAGED_WEB_MODEL
         if name not in packaged.PACKAGED_MODELS:
             print(f"export: web: {args.model} is not a packaged model: add tflite_int8_full to --formats "
                   "(the page runs that file)", file=sys.stderr)
@@ -132,8 +127,7 @@ def main(argv=None) -> int:
         # issue 17: the uncertainty / face-score calibration beside the .keras file, when there is one
         model = ensembles.for_inference(model, options, uncertainty=load_calibration(model_path, options))
     except Exception as error:  # a corrupt or foreign file: one line, no traceback
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"export: {model_path}: cannot load the model: {message}", file=sys.stderr)
+        print(f"export: {model_path}: cannot load the model: {one_line(error)}", file=sys.stderr)
         return 2
 
     calibration = comparison = truth = None

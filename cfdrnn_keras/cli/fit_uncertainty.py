@@ -59,10 +59,8 @@ def parse_args(argv=None):
 def model_file(spec: str) -> Path:
     from ..runtime import packaged
 
-    base = spec.removesuffix(packaged.KERAS_SUFFIX)
-    if base in packaged.PACKAGED_MODELS:
-        return packaged.PACKAGED_MODELS[base].keras_path
-    return Path(spec)
+    name = packaged.packaged_name(spec)
+    return packaged.packaged_model(name).keras_path if name else Path(spec)
 
 
 def validation_faces(args):

@@ -34,6 +34,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..errors import one_line
+
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -349,11 +351,11 @@ def run(args) -> int:
             failed += 1
             records.append({"file": str(path), "kind": "video" if is_video_path(path) else "image",
                             "status": "error", "error": str(error)})
-            tqdm.write(f"error: {_one_line(error)}", file=sys.stderr)
+            tqdm.write(f"error: {one_line(error)}", file=sys.stderr)
             continue
         except Exception as error:  # anything else (out of memory, a codec crash): one line, go on
             failed += 1
-            message = f"{path}: unexpected {type(error).__name__}: {_one_line(error)}"
+            message = f"{path}: unexpected {type(error).__name__}: {one_line(error)}"
             records.append({"file": str(path), "status": "error", "error": message})
             tqdm.write(f"error: {message}", file=sys.stderr)
             continue
@@ -395,11 +397,6 @@ def run(args) -> int:
         summary += f", {failed} failed"
     print(summary, file=sys.stderr)
     return 1 if failed else 0
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def main(argv=None) -> int:

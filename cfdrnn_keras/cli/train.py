@@ -13,7 +13,6 @@ same optimizer state and learning-rate curve. docs/TRAINING.md has the recipes a
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import random
@@ -21,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ..errors import describe_os_error, read_json_object
 
 # TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on
 # an AVX2-only CPU training is 3-4x slower without them (docs/TRAINING.md). Respect an explicit
@@ -165,16 +166,7 @@ RESOLVED_LATER = ("batch_size", "weight_decay", "heatmap_loss_weight", "delta_lo
 
 def read_json_file(path: Path, what: str) -> dict:
     """A run's JSON file as a dict; TrainingError naming the file if it cannot be read or parsed."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-        value = json.loads(text)
-    except OSError as error:
-        raise TrainingError(f"{path}: cannot read the {what}: {error.strerror or error}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TrainingError(f"{path}: corrupt {what}: not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise TrainingError(f"{path}: corrupt {what}: expected a JSON object, found {type(value).__name__}")
-    return value
+    return read_json_object(path, what, TrainingError)
 
 
 def read_run_description(run_dir: Path) -> dict | None:
@@ -356,13 +348,6 @@ def check_out_folder(run_dir: Path) -> None:
                 made.rmdir()
             except OSError:
                 pass
-
-
-def describe_os_error(error: OSError) -> str:
-    words = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
-             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-             errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EDQUOT: "disk quota exceeded"}
-    return words.get(error.errno) or (error.strerror or str(error))
 
 
 # ----------------------------------------------------------------------------------------------

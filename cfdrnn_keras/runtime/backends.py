@@ -21,6 +21,7 @@ import numpy as np
 
 from . import packaged
 from ..conventions import NUM_LANDMARKS, TRAIN_EXTRA_HINT
+from ..errors import one_line  # noqa: F401  (re-exported: callers import it from here)
 from ..quiet import native_stderr_silenced
 
 
@@ -56,12 +57,6 @@ def as_crop_prediction(result) -> CropPrediction:
         return result
     landmarks, confidence = result[0], result[1]
     return CropPrediction(landmarks, confidence, getattr(result, "uncertainty", None), getattr(result, "face_score", None))
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def default_threads() -> int:
@@ -108,9 +103,8 @@ class TFLiteBackend:
     SIGNATURE = "serving_default"
 
     def __init__(self, path, landmark_units: str = "auto", num_threads: int | None = None):
-        Interpreter = litert_interpreter()
-
-        self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        self.path = Path(path)
+        self._interpreter = make_interpreter(path, num_threads)
         signature = self._interpreter.get_signature_list().get(self.SIGNATURE, {})
         if len(signature.get("inputs", ())) == 1 and "landmarks" in signature.get("outputs", ()):
             self._runner = self._interpreter.get_signature_runner(self.SIGNATURE)

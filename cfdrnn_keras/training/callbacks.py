@@ -23,6 +23,8 @@ import tempfile
 import keras
 import numpy as np
 
+from ..errors import describe_os_error, read_json_object  # noqa: F401  (describe_os_error: re-exported)
+
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
 CHECKPOINT_PATTERN = re.compile(r"^epoch-\d{4,}\.weights\.h5$")
@@ -30,15 +32,6 @@ CHECKPOINT_PATTERN = re.compile(r"^epoch-\d{4,}\.weights\.h5$")
 
 class RunFileError(Exception):
     """A run file that cannot be read or written; the message is one line naming the file."""
-
-
-def describe_os_error(error: OSError) -> str:
-    """A few words for an OSError: "no space left on device", "read-only file system", ..."""
-    words = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
-             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-             errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EDQUOT: "disk quota exceeded",
-             errno.EFBIG: "file too large", errno.EIO: "input/output error"}
-    return words.get(getattr(error, "errno", None)) or (error.strerror or str(error)).splitlines()[0]
 
 
 def _remove_quietly(path: str) -> None:
@@ -190,14 +183,7 @@ def read_state(run_dir: str) -> dict | None:
     path = os.path.join(run_dir, CHECKPOINT_DIR, STATE_FILE)
     if not os.path.isfile(path):
         return None
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read().decode("utf-8")
-        state = json.loads(text)
-    except OSError as error:
-        raise RunFileError(f"{path}: cannot read: {describe_os_error(error)}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunFileError(f"{path}: corrupt: not valid JSON ({error})") from None
+    state = read_json_object(path, error_type=RunFileError)
     entry = _checkpoint_entry(state, path, required=True)
     best = state.get("best")
     if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):

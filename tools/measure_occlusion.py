@@ -1,0 +1,90 @@
+"""Does a model's uncertainty rise where points are covered? Issue 17's two occlusion checks, on a
+model's held-out validation faces (the split `tools/train.py` makes: seed 0, 10 %):
+
+- a grey patch over the mouth (the annotated mouth box + 10 crop px): the mouth points' mean
+  uncertainty before and after, per face;
+- the image border: the crop shifted so the left third of the 68-point box lies outside the photo
+  (same box, so the same crop geometry): the cut-off points' mean uncertainty before and after.
+
+    python tools/measure_occlusion.py --model accurate
+    python tools/measure_occlusion.py --model fast --data ../shared/data/300w
+
+Prints, for each check, the faces whose uncertainty rose and the median and least ratio. Runs the
+packaged LiteRT files with the plain install; `--model` takes what `LandmarkDetector` takes.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import _front  # noqa: F401  (puts the checkout, not tools/, on the import path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="a packaged model's name or a model path (default: the default)")
+    parser.add_argument("--data", default=None, help="the training faces' folder (default: ../shared/data/300w)")
+    parser.add_argument("--seed", type=int, default=0, help="the split's seed (default: 0)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="the split's fraction (default: 0.1)")
+    return parser.parse_args(argv)
+
+
+def summary(name: str, ratios: list) -> str:
+    raised = sum(r > 1 for r in ratios)
+    return (f"{name}: raised on {raised}/{len(ratios)} faces, median ×{statistics.median(ratios):.1f}, "
+            f"least ×{min(ratios):.2f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from cfdrnn_keras import quiet
+
+    quiet.quiet_mode()
+    import numpy as np
+
+    from cfdrnn_keras.cli.fit_uncertainty import face_crops, validation_faces
+    from cfdrnn_keras.cli.train import default_data_dir
+    from cfdrnn_keras.runtime.landmarker import LandmarkDetector
+    from data_pipelines.geometry import face_box_from_points
+    from data_pipelines.images import read_image
+    from data_pipelines.pts import read_pts
+
+    args.data, args.held_out = args.data or default_data_dir(), None
+    faces, _ = validation_faces(args)
+    detector = LandmarkDetector(model=args.model, detector=lambda image: [])
+    size = detector.input_size
+
+    crops, truth, _, _ = face_crops(faces, size)
+    covered = crops.copy()
+    for crop, points in zip(covered, truth):
+        x0, y0 = np.floor(points[48:].min(0) - 10).astype(int)
+        x1, y1 = np.ceil(points[48:].max(0) + 10).astype(int)
+        crop[max(0, y0):y1 + 1, max(0, x0):x1 + 1] = 128
+    before = detector.predict_crops(crops).uncertainty
+    if before is None:
+        print(f"measure_occlusion: {detector.model_name}: the model has no uncertainty output", file=sys.stderr)
+        return 2
+    after = detector.predict_crops(covered).uncertainty
+    mouth = list(after[:, 48:].mean(1) / before[:, 48:].mean(1))
+
+    border = []
+    for face in faces:
+        image, points = read_image(face.image_path), read_pts(face.pts_path)
+        box = face_box_from_points(points)
+        cut = int(round(box[0] + (box[2] - box[0]) / 3))
+        outside = points[:, 0] < cut
+        if cut <= 2 or outside.sum() < 3:
+            continue
+        whole = detector.detect(image, boxes=[box])[0]
+        part = detector.detect(image[:, cut:], boxes=[(box[0] - cut, box[1], box[2] - cut, box[3])])[0]
+        border.append(part.uncertainty[outside].mean() / whole.uncertainty[outside].mean())
+
+    print(f"{detector.model_name}, {len(faces)} validation faces")
+    print(summary("grey patch over the mouth, mouth points", mouth))
+    print(summary("left third of the face outside the photo, cut-off points", border))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
