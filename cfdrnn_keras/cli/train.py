@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--no-head-init", action="store_true",
                        help="keep γ = 1 in the output heads' last batch norms instead of starting them at "
                             "the targets' scale (training.scale_output_heads)")
+    optim.add_argument("--no-revive-dead-heatmaps", action="store_true",
+                       help="do not check, before every epoch, for heat-map channels that are zero on every "
+                            "probe face (16 training crops) and revive them (training.dead_heatmaps)")
     optim.add_argument("--seed", type=int, default=0, help="seeds the split, weights, shuffling and augmentation")
 
     run = parser.add_argument_group("run")
@@ -131,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "cache", "preset", "width",
              "input_size", "batchnorm", "init_weights",
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
-             "heatmap_loss_weight", "delta_loss_weight", "bn_momentum", "no_head_init", "seed", "precision", "shard_policy")
+             "heatmap_loss_weight", "delta_loss_weight", "bn_momentum", "no_head_init", "no_revive_dead_heatmaps",
+             "seed", "precision", "shard_policy")
 
 # What --resume refuses to change, and what it lets through (docs/TRAINING.md, "What --resume refuses").
 # Every option is in exactly one of the three groups (tests/test_train_run_folder.py checks it).
@@ -153,6 +157,8 @@ RESUME_FREE = {
     "epochs": "more (or fewer, but more than done) epochs; the cosine is recomputed for the new length",
     "learning_rate": "the remedy for a run that diverged; the schedule keeps its shape, scaled",
     "cache": "memory or disk; from disk the resumed order is a fresh draw",
+    "no_revive_dead_heatmaps": "a repair, not a setting of the objective: a run resumed with it on revives "
+                               "its dead heat-map channels from that epoch",
     "strategy": "any, as long as the global batch (per-replica batch × replicas) stays the same",
     "verbose": "output only", "no_tensorboard": "output only",
 }
@@ -554,6 +560,9 @@ def run(args, extra_callbacks=()) -> RunResult:
     if chief and not args.no_tensorboard and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
                                                      update_freq="epoch", profile_batch=0))
+    if not args.no_revive_dead_heatmaps:
+        # first of all: the epoch then trains (and its checkpoint holds) the revived channels
+        callbacks.insert(0, revival_callback(trainer.network, config, train_faces))
     callbacks.extend(extra_callbacks)
     verbose = (1 if sys.stdout.isatty() else 2) if args.verbose == "auto" else int(args.verbose)
     try:
@@ -572,6 +581,28 @@ def run(args, extra_callbacks=()) -> RunResult:
         remedy = "free some space" if "no space" in str(error) else "make it writable"
         raise TrainingError(f"{error}; {remedy} and continue with --out {run_dir} --resume") from None
     return RunResult(trainer, history, run_dir)
+
+
+def revival_callback(network, config, train_faces, count: int = 16):
+    """`ReviveDeadHeatmaps` on the crops of the first `count` readable training faces (unaugmented,
+    as the pipeline normalises them); the validation faces play no part."""
+    import numpy as np
+
+    from cfdrnn_keras.training.dead_heatmaps import ReviveDeadHeatmaps
+    from data_pipelines.dataset import crop_face
+
+    crops = []
+    for face in train_faces:
+        if len(crops) == count:
+            break
+        try:
+            crops.append(crop_face(face, config.input_size).image)
+        except ValueError:  # unreadable: the pipeline reports it; the probe just takes the next face
+            continue
+    images = np.stack(crops).astype(np.float32) / 255.0 - 0.5 if crops else np.zeros((0, config.input_size,
+                                                                                      config.input_size, 3), np.float32)
+    return ReviveDeadHeatmaps(images, network, config.heatmap_size, config.heatmap_sigma,
+                              log=lambda line: print(f"train.py: {line}", flush=True))
 
 
 def divergence_advice(run_dir, learning_rate: float, checkpoint) -> str:

@@ -268,8 +268,10 @@ def scale_output_heads(network: keras.Model, config: CFDRNNConfig) -> None:
     removes that phase: heat-maps γ = √(2π)·σ / H (Σ out² ≈ πσ²), offsets γ = 1 / H (one heat-map
     pixel). Measured effect in docs/TRAINING.md.
     """
+    from .dead_heatmaps import head_gamma
+
     size = config.heatmap_size
-    heatmap_gamma = (2.0 * 3.141592653589793) ** 0.5 * config.heatmap_sigma / size
+    heatmap_gamma = head_gamma(size, config.heatmap_sigma)
     delta_gamma = 1.0 / size
     for layer in network.layers:
         if layer.name.startswith("resizer_r."):

@@ -1,0 +1,133 @@
+"""Find and revive dead heat-map channels: landmarks whose heat-map is zero on every face.
+
+Each heat-map head of CFDRNN ends conv 1×1 → batch norm → ReLU (paper Tables 2–3). When the batch
+norm's β of a channel drifts far enough below γ·x̂ for every pixel of every face, the ReLU outputs
+zero everywhere and passes no gradient back: the channel can never learn again. Its landmark is
+then placed by the offset head alone, from the argmax of an all-zero map, pixel (0, 0), up to the
+whole crop away (docs/TRAINING.md, "Decoding"). The packaged `mobile` network had 22 such
+channels over its four stages (9 of the last stage's 68), and a network started from it
+inherits them.
+
+The remedy is the usual one for dead ReLUs: put the channel back where half of its pixels are
+positive (β = 0, and γ at least the scale a fresh head starts with, `head_gamma`), so the loss
+reaches its weights again. `ReviveDeadHeatmaps` checks a fixed probe batch of training crops
+(never validation faces) before training and at the start of every epoch, so a resumed run
+revives exactly what the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+HEATMAP_BN_SUFFIX = "conv1x1_H_bn"
+
+
+def head_gamma(heatmap_size: int, sigma: float) -> float:
+    """γ of a heat-map head's last batch norm at which relu(γ·x̂), x̂ ~ N(0, 1), has about a target's
+    energy: Σ over the H×W pixels of out² ≈ πσ² (see `trainer.scale_output_heads`)."""
+    return math.sqrt(2.0 * math.pi) * float(sigma) / float(heatmap_size)
+
+
+def heatmap_batchnorms(network: keras.Model) -> dict:
+    """{batch-norm layer name: [the `heatmaps_j` outputs it feeds]} for the heads that have a loss.
+
+    Stage 1's map comes from `resizer0`, stages 2–4 from `hml1..3` (or one shared `hml` branch,
+    which feeds all three); `resizer_r`'s map Hr has no loss of its own and is left alone.
+    """
+    names = {layer.name for layer in network.layers}
+    heads = {}
+    if f"resizer0.{HEATMAP_BN_SUFFIX}" in names:
+        heads[f"resizer0.{HEATMAP_BN_SUFFIX}"] = ["heatmaps_1"]
+    if f"hml.{HEATMAP_BN_SUFFIX}" in names:
+        heads[f"hml.{HEATMAP_BN_SUFFIX}"] = ["heatmaps_2", "heatmaps_3", "heatmaps_4"]
+    for j in (1, 2, 3):
+        if f"hml{j}.{HEATMAP_BN_SUFFIX}" in names:
+            heads[f"hml{j}.{HEATMAP_BN_SUFFIX}"] = [f"heatmaps_{j + 1}"]
+    if not heads:
+        raise ValueError(f"{network.name}: has no heat-map heads ({HEATMAP_BN_SUFFIX} layers)")
+    return heads
+
+
+def dead_channels(outputs: dict, heads: dict) -> dict:
+    """{batch-norm name: sorted channel indices} whose maps are ≤ 0 at every pixel of every image,
+    in every output the batch norm feeds. `outputs` maps `heatmaps_j` → (B, H, W, N) arrays."""
+    dead = {}
+    for bn_name, fed in heads.items():
+        alive = None
+        for output in fed:
+            peaks = np.asarray(outputs[output], dtype=np.float32).max(axis=(0, 1, 2)) > 0.0
+            alive = peaks if alive is None else alive | peaks
+        channels = sorted(int(c) for c in np.flatnonzero(~alive))
+        if channels:
+            dead[bn_name] = channels
+    return dead
+
+
+def find_dead_heatmaps(network: keras.Model, images, batch_size: int = 16) -> dict:
+    """`dead_channels` of `network` (inference mode) on `images` (B, S, S, 3) in the model's range."""
+    heads = heatmap_batchnorms(network)
+    wanted = sorted({output for fed in heads.values() for output in fed})
+    probe = keras.Model(network.inputs, {name: network.output[name] for name in wanted}, name="heatmap_probe")
+    outputs = probe.predict(np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0)
+    return dead_channels(outputs, heads)
+
+
+def revive(network: keras.Model, dead: dict, gamma: float) -> int:
+    """Set β = 0 and |γ| ≥ `gamma` for each dead channel (γ keeps its sign); returns how many."""
+    count = 0
+    for bn_name, channels in dead.items():
+        layer = network.get_layer(bn_name)
+        index = np.asarray(channels, dtype=np.int64)
+        beta = np.array(keras.ops.convert_to_numpy(layer.beta), dtype=np.float32)
+        beta[index] = 0.0
+        layer.beta.assign(beta.astype(layer.beta.dtype))
+        scale = np.array(keras.ops.convert_to_numpy(layer.gamma), dtype=np.float32)
+        sign = np.where(scale[index] < 0, -1.0, 1.0)
+        scale[index] = sign * np.maximum(np.abs(scale[index]), gamma)
+        layer.gamma.assign(scale.astype(layer.gamma.dtype))
+        count += len(channels)
+    return count
+
+
+def describe(dead: dict, heads: dict) -> str:
+    """`heatmaps_4: 2, 9, 11` style text, one part per head (empty when nothing is dead)."""
+    parts = []
+    for bn_name, channels in dead.items():
+        label = "+".join(heads.get(bn_name, [bn_name]))
+        parts.append(f"{label}: {', '.join(str(c) for c in channels)}")
+    return "; ".join(parts)
+
+
+class ReviveDeadHeatmaps(keras.callbacks.Callback):
+    """Before training and at the start of every epoch: find dead heat-map channels on `images` (a
+    fixed batch of training crops) and revive them; each revival is printed and counted in
+    `self.revived` ({epoch: {batch-norm name: channels}}, epoch 0-based as Keras counts)."""
+
+    def __init__(self, images, network: keras.Model, heatmap_size: int, sigma: float, log=print):
+        super().__init__()
+        self.images = np.asarray(images, dtype=np.float32)
+        self.network = network
+        self.gamma = head_gamma(heatmap_size, sigma)
+        self.log = log
+        self.revived = {}
+        self._heads = heatmap_batchnorms(network)
+
+    def check(self, epoch: int) -> dict:
+        if not len(self.images):
+            return {}
+        dead = find_dead_heatmaps(self.network, self.images)
+        if dead:
+            count = revive(self.network, dead, self.gamma)
+            self.revived[epoch] = dead
+            if self.log:
+                self.log(f"epoch {epoch + 1}: revived {count} dead heat-map channel(s) ({describe(dead, self._heads)})")
+        return dead
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.check(epoch)
+
+
+__all__ = ["ReviveDeadHeatmaps", "dead_channels", "describe", "find_dead_heatmaps", "head_gamma",
+           "heatmap_batchnorms", "revive"]

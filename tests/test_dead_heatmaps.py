@@ -1,0 +1,115 @@
+"""Dead heat-map channels (zero on every face) are found, revived, and revived by training itself."""
+import numpy as np
+import pytest
+
+import keras
+
+import cfdrnn_keras.model  # noqa: F401  (registers the custom layers)
+from cfdrnn_keras.config import get_preset
+from cfdrnn_keras.model.network import build_cfdrnn
+from cfdrnn_keras.training import dead_heatmaps as dh
+
+TINY = get_preset("lite").replace(input_size=64, width=0.0625)
+
+
+def kill(network, bn_name, channels):
+    """β far below anything γ·x̂ reaches: the channel's ReLU is zero everywhere (as in a dead unit)."""
+    layer = network.get_layer(bn_name)
+    beta = keras.ops.convert_to_numpy(layer.beta).copy()
+    beta[list(channels)] = -1e4
+    layer.beta.assign(beta)
+
+
+def settled(network, images):
+    """The network with moving statistics equal to these images' batch statistics, as after training
+    (a fresh network's are mean 0, variance 1, which leave some channels all-negative)."""
+    batchnorms = [layer for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in batchnorms:
+        layer.momentum = 0.0
+    network(images, training=True)
+    for layer in batchnorms:
+        layer.momentum = 0.99
+    return network
+
+
+def random_images(count=4, size=64, seed=0):
+    return np.random.default_rng(seed).uniform(-0.5, 0.5, (count, size, size, 3)).astype(np.float32)
+
+
+def test_a_channel_is_dead_only_when_zero_at_every_pixel_of_every_image():
+    maps = np.zeros((2, 4, 4, 3), np.float32)
+    maps[1, 3, 0, 1] = 1e-3  # channel 1 lives on one pixel of one image
+    maps[0, 0, 0, 2] = -5.0  # negative is not alive (heads end in a ReLU; this guards a change)
+    heads = {"hml3.conv1x1_H_bn": ["heatmaps_4"]}
+    assert dh.dead_channels({"heatmaps_4": maps}, heads) == {"hml3.conv1x1_H_bn": [0, 2]}
+
+
+def test_a_shared_branch_is_dead_only_where_every_stage_it_feeds_is():
+    alive_in_2 = np.zeros((1, 2, 2, 2), np.float32)
+    alive_in_2[0, 0, 0, 0] = 1.0
+    outputs = {"heatmaps_2": alive_in_2, "heatmaps_3": np.zeros_like(alive_in_2), "heatmaps_4": np.zeros_like(alive_in_2)}
+    heads = {"hml.conv1x1_H_bn": ["heatmaps_2", "heatmaps_3", "heatmaps_4"]}
+    assert dh.dead_channels(outputs, heads) == {"hml.conv1x1_H_bn": [1]}
+
+
+def test_the_heads_with_a_loss_are_mapped_to_their_outputs():
+    assert dh.heatmap_batchnorms(build_cfdrnn(TINY)) == {
+        "resizer0.conv1x1_H_bn": ["heatmaps_1"], "hml1.conv1x1_H_bn": ["heatmaps_2"],
+        "hml2.conv1x1_H_bn": ["heatmaps_3"], "hml3.conv1x1_H_bn": ["heatmaps_4"]}
+    shared = dh.heatmap_batchnorms(build_cfdrnn(TINY.replace(share_hml_weights=True)))
+    assert shared["hml.conv1x1_H_bn"] == ["heatmaps_2", "heatmaps_3", "heatmaps_4"]
+
+
+def test_killed_channels_are_found_exactly_and_revived():
+    images = random_images()
+    network = settled(build_cfdrnn(TINY), images)
+    assert dh.find_dead_heatmaps(network, images) == {}  # β = 0 and real statistics: every channel half alive
+    kill(network, "hml3.conv1x1_H_bn", [5, 40])
+    kill(network, "resizer0.conv1x1_H_bn", [0])
+    layer = network.get_layer("hml3.conv1x1_H_bn")
+    gamma = keras.ops.convert_to_numpy(layer.gamma).copy()
+    gamma[40] = -1e-4  # a tiny negative γ: revived at the head's scale, sign kept
+    layer.gamma.assign(gamma)
+    dead = dh.find_dead_heatmaps(network, images)
+    assert dead == {"hml3.conv1x1_H_bn": [5, 40], "resizer0.conv1x1_H_bn": [0]}
+    assert dh.describe(dead, dh.heatmap_batchnorms(network)) == "heatmaps_1: 0; heatmaps_4: 5, 40"
+
+    assert dh.revive(network, dead, gamma=0.07) == 3
+    assert dh.find_dead_heatmaps(network, images) == {}
+    beta = keras.ops.convert_to_numpy(layer.beta)
+    revived_gamma = keras.ops.convert_to_numpy(layer.gamma)
+    assert beta[5] == 0 and beta[40] == 0
+    assert revived_gamma[5] == pytest.approx(1.0) and revived_gamma[40] == pytest.approx(-0.07)
+    untouched = [c for c in range(68) if c not in (5, 40)]
+    np.testing.assert_array_equal(revived_gamma[untouched], gamma[untouched])
+    # half alive again: the revived map is positive on a good share of its pixels
+    maps = network.predict(images, verbose=0)["heatmaps_4"][..., 5]
+    assert 0.2 < float(np.mean(maps > 0)) < 0.8
+
+
+def test_head_gamma_gives_a_revived_map_about_a_targets_energy():
+    # Σ relu(γ·x̂)² over H×W pixels, x̂ ~ N(0, 1): γ²·H·W/2; with the head's γ that is πσ².
+    size, sigma = 64, 1.3
+    gamma = dh.head_gamma(size, sigma)
+    assert gamma ** 2 * size * size / 2 == pytest.approx(np.pi * sigma ** 2)
+
+
+def test_training_revives_a_dead_channel_of_its_initial_weights(capsys, shared_data, tmp_path):
+    from cfdrnn_keras.cli import train as tool
+
+    start = settled(build_cfdrnn(TINY), random_images(3))
+    kill(start, "hml3.conv1x1_H_bn", [9])
+    start.save(tmp_path / "start.keras")
+    out = tmp_path / "run"
+    status = tool.main([str(a) for a in (
+        "--data", shared_data / "300w" / "afw", "--split", "all", "--limit", 4, "--val-fraction", 0.25,
+        "--input-size", 64, "--width", 0.0625, "--epochs", 1, "--steps-per-epoch", 1, "--augment", "none",
+        "--batch-size", 2, "--precision", "fp32", "--recipe", "paper", "--verbose", 0, "--no-tensorboard",
+        "--init-weights", tmp_path / "start.keras", "--out", out)])
+    keras.config.set_dtype_policy("float32")
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "train.py: epoch 1: revived 1 dead heat-map channel(s) (heatmaps_4: 9)" in printed
+    final = keras.models.load_model(out / "final.keras", safe_mode=True)
+    assert keras.ops.convert_to_numpy(final.get_layer("hml3.conv1x1_H_bn").beta)[9] > -1.0
+    assert 9 not in dh.find_dead_heatmaps(final, random_images(3)).get("hml3.conv1x1_H_bn", [])
