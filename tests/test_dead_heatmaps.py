@@ -113,3 +113,25 @@ def test_training_revives_a_dead_channel_of_its_initial_weights(capsys, shared_d
     final = keras.models.load_model(out / "final.keras", safe_mode=True)
     assert keras.ops.convert_to_numpy(final.get_layer("hml3.conv1x1_H_bn").beta)[9] > -1.0
     assert 9 not in dh.find_dead_heatmaps(final, random_images(3)).get("hml3.conv1x1_H_bn", [])
+
+
+def test_recentring_leaves_the_revived_points_unbiased_on_the_probe_and_the_rest_untouched():
+    from cfdrnn_keras.model.codec import heatmap_peaks_numpy
+
+    images = random_images(6, seed=1)
+    network = settled(build_cfdrnn(TINY), images)
+    kill(network, "hml3.conv1x1_H_bn", [7])
+    dead = dh.find_dead_heatmaps(network, images)
+    dh.revive(network, dead, gamma=dh.head_gamma(16, 1.3))
+    truth = np.random.default_rng(2).uniform(0.2, 0.8, (6, 68, 2)).astype(np.float32)
+    before = network.predict(images, verbose=0)
+    dh.recentre_offsets(network, dead, images, truth, stride=4, input_size=64)
+    after = network.predict(images, verbose=0)
+    coarse, _ = heatmap_peaks_numpy(after["heatmaps_4"], 4, 64)
+    bias = (truth - coarse - after["delta_4"]).mean(axis=0)
+    assert np.abs(bias[7]).max() < 1e-4  # the revived point: no mean error left on these faces
+    assert np.abs((truth - coarse - before["delta_4"]).mean(axis=0)[7]).max() > 1e-3  # there was one
+    others = [k for k in range(68) if k != 7]
+    np.testing.assert_allclose(after["delta_4"][:, others], before["delta_4"][:, others], atol=1e-6)
+    np.testing.assert_allclose(after["delta_3"], before["delta_3"], atol=1e-6)  # other stages untouched
+    np.testing.assert_array_equal(after["heatmaps_4"], before["heatmaps_4"])

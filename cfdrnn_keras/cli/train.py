@@ -591,18 +591,22 @@ def revival_callback(network, config, train_faces, count: int = 16):
     from cfdrnn_keras.training.dead_heatmaps import ReviveDeadHeatmaps
     from data_pipelines.dataset import crop_face
 
+    size = config.input_size
     crops = []
     for face in train_faces:
         if len(crops) == count:
             break
         try:
-            crops.append(crop_face(face, config.input_size).image)
+            crops.append(crop_face(face, size))
         except ValueError:  # unreadable: the pipeline reports it; the probe just takes the next face
             continue
-    images = np.stack(crops).astype(np.float32) / 255.0 - 0.5 if crops else np.zeros((0, config.input_size,
-                                                                                      config.input_size, 3), np.float32)
-    return ReviveDeadHeatmaps(images, network, config.heatmap_size, config.heatmap_sigma,
-                              log=lambda line: print(f"train.py: {line}", flush=True))
+    images = np.zeros((len(crops), size, size, 3), np.float32)
+    points = np.zeros((len(crops), config.num_landmarks, 2), np.float32)
+    for i, crop in enumerate(crops):
+        images[i] = crop.image.astype(np.float32) / 255.0 - 0.5
+        points[i] = crop.points / float(size)  # normalised as the pipeline's `landmarks` target
+    return ReviveDeadHeatmaps(images, network, config.heatmap_size, config.heatmap_sigma, landmarks=points,
+                              stride=config.stride, log=lambda line: print(f"train.py: {line}", flush=True))
 
 
 def divergence_advice(run_dir, learning_rate: float, checkpoint) -> str:
