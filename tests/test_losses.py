@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from cfdrnn_keras import metrics
 from cfdrnn_keras.model.codec import encode_heatmaps_numpy
-from cfdrnn_keras.training.losses import (LossWeights, cfdrnn_losses, delta_l2, delta_targets, heatmap_l2,
+from cfdrnn_keras.training.losses import (LossWeights, cfdrnn_losses, delta_l1, delta_l2, delta_targets, delta_wing, heatmap_l2,
                                  interocular_nme, total_loss)
 
 
@@ -52,6 +52,33 @@ def test_delta_l2_is_squared_error_in_heatmap_pixels():
     predicted = np.array([[[1 / 64, 0.0], [3 / 64, 4 / 64]]], np.float32)  # input 256, stride 4: 1 px = 4/256
     loss = np.asarray(delta_l2(target, predicted, stride=4, input_size=256))
     assert loss[0] == pytest.approx((1.0 + 25.0) / 2, rel=1e-5)
+
+
+def test_delta_l1_is_the_offsets_distance_in_heatmap_pixels():
+    target = np.zeros((1, 2, 2), np.float32)
+    predicted = np.array([[[1 / 64, 0.0], [3 / 64, 4 / 64]]], np.float32)  # errors of 1 and 5 heat-map px
+    assert float(np.asarray(delta_l1(target, predicted, stride=4, input_size=256))[0]) == pytest.approx(3.0, rel=1e-5)
+
+
+def test_delta_wing_is_logarithmic_below_its_width_and_linear_above():
+    import math
+
+    target = np.zeros((1, 2, 2), np.float32)
+    predicted = np.array([[[1 / 64, 0.0], [3 / 64, 4 / 64]]], np.float32)  # d = 1 and 5 heat-map px
+    w, eps = 2.5, 0.5
+    small = w * math.log(1 + 1 / eps)  # 1 < w
+    large = 5 - (w - w * math.log(1 + w / eps))  # 5 > w: linear, joined at d = w
+    loss = float(np.asarray(delta_wing(target, predicted, stride=4, input_size=256))[0])
+    assert loss == pytest.approx((small + large) / 2, rel=1e-5)
+    # continuous where the two pieces meet
+    at = np.array([[[w / 64 - 1e-6, 0.0]]], np.float32), np.array([[[w / 64 + 1e-6, 0.0]]], np.float32)
+    below, above = (float(np.asarray(delta_wing(np.zeros((1, 1, 2), np.float32), p, 4, 256))[0]) for p in at)
+    assert below == pytest.approx(above, abs=1e-3)
+
+
+def test_an_unknown_delta_loss_is_named():
+    with pytest.raises(ValueError, match="unknown delta loss 'huber'; choose one of l2, l1, wing"):
+        cfdrnn_losses({}, {}, delta_loss="huber")
 
 
 def test_cfdrnn_losses_take_delta_targets_from_the_predicted_heatmaps_without_gradient():

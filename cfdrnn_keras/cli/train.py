@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--delta-loss-weight", default=None,
                        help="weight of the offset L2 terms: one number, or four comma-separated (ΔL1..ΔL4); "
                             "default: the recipe's (paper 1, practical 0.05)")
+    optim.add_argument("--delta-loss", choices=("l2", "l1", "wing"), default="l2",
+                       help="the offset (Δ) loss on the error in heat-map pixels: l2 (squared, the paper's), l1 "
+                            "(the distance) or wing (Feng et al. 2018, w 2.5, ε 0.5 heat-map px); docs/TRAINING.md")
     optim.add_argument("--bn-momentum", type=float, default=None,
                        help="moving-average momentum of every batch norm (default: Keras's 0.99); lower it "
                             "(e.g. 0.9) for runs of a few hundred steps, so inference-mode statistics settle")
@@ -134,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "cache", "preset", "width",
              "input_size", "batchnorm", "init_weights",
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
-             "heatmap_loss_weight", "delta_loss_weight", "bn_momentum", "no_head_init", "no_revive_dead_heatmaps",
+             "heatmap_loss_weight", "delta_loss_weight", "delta_loss", "bn_momentum", "no_head_init",
+             "no_revive_dead_heatmaps",
              "seed", "precision", "shard_policy")
 
 # What --resume refuses to change, and what it lets through (docs/TRAINING.md, "What --resume refuses").
@@ -149,6 +153,7 @@ RESUME_FIXED = {
     # the objective and the optimiser (resolved: the recipe without its epochs and learning rate)
     "recipe": "--recipe", "batch_size": "--batch-size", "weight_decay": "--weight-decay",
     "heatmap_loss_weight": "--heatmap-loss-weight", "delta_loss_weight": "--delta-loss-weight",
+    "delta_loss": "--delta-loss",
     "steps_per_epoch": "--steps-per-epoch",
     # numerics (compared resolved: auto may pick either)
     "precision": "--precision",
@@ -511,7 +516,8 @@ def run(args, extra_callbacks=()) -> RunResult:
         try:
             trainer = build_trainer(config, recipe, steps, loss_weights,
                                     init_weights=None if state else args.init_weights,
-                                    head_init=not args.no_head_init, bn_momentum=args.bn_momentum)
+                                    head_init=not args.no_head_init, bn_momentum=args.bn_momentum,
+                                    delta_loss=args.delta_loss)
         except (ValueError, FileNotFoundError) as error:
             raise TrainingError(str(error)) from None
         if state:

@@ -54,6 +54,46 @@ def delta_l2(target, predicted, stride: int, input_size: int):
     return ops.mean(ops.sum(ops.square(error), axis=-1), axis=-1)
 
 
+def _offset_distance(target, predicted, stride: int, input_size: int):
+    """(B, N) Euclidean offset error in heat-map pixels (ε under the root keeps its gradient finite at 0)."""
+    scale = float(input_size) / float(stride)
+    error = (ops.cast(predicted, "float32") - ops.cast(target, "float32")) * scale
+    return ops.sqrt(ops.sum(ops.square(error), axis=-1) + 1e-12)
+
+
+def delta_l1(target, predicted, stride: int, input_size: int):
+    """Per-image delta loss (B,): the offset's Euclidean error in heat-map pixels, averaged over landmarks
+    (the point-to-point distance NME measures; its gradient does not shrink with the error)."""
+    return ops.mean(_offset_distance(target, predicted, stride, input_size), axis=-1)
+
+
+WING_WIDTH, WING_CURVATURE = 2.5, 0.5  # Feng et al. 2018's w = 10, ε = 2 input pixels, in heat-map pixels (÷ 4)
+
+
+def delta_wing(target, predicted, stride: int, input_size: int, width: float = WING_WIDTH,
+               curvature: float = WING_CURVATURE):
+    """Per-image Wing loss (B,) on the offset's Euclidean error d in heat-map pixels (Feng et al. 2018):
+    w·ln(1 + d/ε) below w, d − C above (C = w − w·ln(1 + w/ε) joins the two): steep for small errors,
+    linear for large ones."""
+    import math
+
+    d = _offset_distance(target, predicted, stride, input_size)
+    join = width - width * math.log(1.0 + width / curvature)
+    loss = ops.where(d < width, width * ops.log(1.0 + d / curvature), d - join)
+    return ops.mean(loss, axis=-1)
+
+
+DELTA_LOSSES = {"l2": delta_l2, "l1": delta_l1, "wing": delta_wing}
+
+
+def delta_loss_function(name: str):
+    """The per-image offset loss called `name` (l2, the paper's; l1; wing); a clear error otherwise."""
+    try:
+        return DELTA_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown delta loss {name!r}; choose one of {', '.join(DELTA_LOSSES)}") from None
+
+
 def interocular_nme(landmarks_true, landmarks_pred, left: int = 36, right: int = 45):
     """Per-image NME (B,) normalised by the outer-eye-corner distance (as `cfdrnn_keras.metrics.nme`).
 
@@ -96,12 +136,13 @@ class LossWeights:
         return cls(four(heatmap), four(delta))
 
 
-def cfdrnn_losses(y_true: dict, y_pred: dict, stride: int = 4, input_size: int = 256) -> dict:
+def cfdrnn_losses(y_true: dict, y_pred: dict, stride: int = 4, input_size: int = 256, delta_loss: str = "l2") -> dict:
     """Mean (over the batch) loss of every head: {"heatmaps_1": ..., "delta_4": ...} as scalars.
 
     `y_true` holds "heatmaps_1".."heatmaps_4" (Gaussian targets) and "landmarks" (normalised);
-    `y_pred` is the network's output dict.
+    `y_pred` is the network's output dict; `delta_loss` names the offset loss (`DELTA_LOSSES`).
     """
+    offset_loss = delta_loss_function(delta_loss)
     terms = {}
     for j in range(1, 5):
         hm = f"heatmaps_{j}"
@@ -109,7 +150,7 @@ def cfdrnn_losses(y_true: dict, y_pred: dict, stride: int = 4, input_size: int =
         terms[hm] = ops.mean(heatmap_l2(target, y_pred[hm]))
     for j in range(1, 5):
         target = delta_targets(y_true["landmarks"], y_pred[f"heatmaps_{j}"], stride, input_size)
-        terms[f"delta_{j}"] = ops.mean(delta_l2(target, y_pred[f"delta_{j}"], stride, input_size))
+        terms[f"delta_{j}"] = ops.mean(offset_loss(target, y_pred[f"delta_{j}"], stride, input_size))
     return terms
 
 

@@ -34,8 +34,12 @@ class CFDRNNTrainer(keras.Model):
     """
 
     def __init__(self, network: keras.Model, loss_weights: LossWeights | None = None, l2_decay: float = 0.0,
-                 stride: int = 4, **kwargs):
+                 stride: int = 4, delta_loss: str = "l2", **kwargs):
         super().__init__(**kwargs)
+        from .losses import delta_loss_function
+
+        delta_loss_function(delta_loss)  # an unknown name fails here, not in the first step
+        self.delta_loss = delta_loss
         self.network = network
         self.loss_weights_ = loss_weights or LossWeights()
         self.l2_decay = float(l2_decay)
@@ -52,7 +56,7 @@ class CFDRNNTrainer(keras.Model):
         return self.network(inputs, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        terms = cfdrnn_losses(y, y_pred, self.stride, self.input_size)
+        terms = cfdrnn_losses(y, y_pred, self.stride, self.input_size, self.delta_loss)
         loss = total_loss(terms, self.loss_weights_)
         for name, tracker in self.head_trackers.items():
             tracker.update_state(terms[name])
@@ -287,7 +291,8 @@ def scale_output_heads(network: keras.Model, config: CFDRNNConfig) -> None:
 
 def build_trainer(config: CFDRNNConfig, recipe: Recipe, steps_per_epoch: int,
                   loss_weights: LossWeights | None = None, init_weights: str | None = None,
-                  head_init: bool = True, bn_momentum: float | None = None) -> CFDRNNTrainer:
+                  head_init: bool = True, bn_momentum: float | None = None,
+                  delta_loss: str = "l2") -> CFDRNNTrainer:
     """Network + trainer + optimizer, compiled and built (call inside `strategy.scope()`).
 
     A fresh network gets `scale_output_heads` (unless `head_init` is False); one started from
@@ -307,7 +312,8 @@ def build_trainer(config: CFDRNNConfig, recipe: Recipe, steps_per_epoch: int,
     elif head_init:
         scale_output_heads(network, config)
     l2 = recipe.weight_decay if recipe.weight_decay_mode == "l2" else 0.0
-    trainer = CFDRNNTrainer(network, loss_weights=loss_weights, l2_decay=l2, stride=config.stride)
+    trainer = CFDRNNTrainer(network, loss_weights=loss_weights, l2_decay=l2, stride=config.stride,
+                            delta_loss=delta_loss)
     trainer.compile(optimizer=make_optimizer(recipe, steps_per_epoch))
     trainer.build_for_training()
     return trainer
