@@ -94,26 +94,43 @@ def test_head_gamma_gives_a_revived_map_about_a_targets_energy():
     assert gamma ** 2 * size * size / 2 == pytest.approx(np.pi * sigma ** 2)
 
 
-def test_training_revives_a_dead_channel_of_its_initial_weights(capsys, shared_data, tmp_path):
+def tiny_run(shared_data, out, start, *extra):
     from cfdrnn_keras.cli import train as tool
 
-    start = settled(build_cfdrnn(TINY), random_images(3))
-    kill(start, "hml3.conv1x1_H_bn", [9])
-    start.save(tmp_path / "start.keras")
-    out = tmp_path / "run"
     status = tool.main([str(a) for a in (
         "--data", shared_data / "300w" / "afw", "--split", "all", "--limit", 4, "--val-fraction", 0.25,
         "--input-size", 64, "--width", 0.0625, "--epochs", 1, "--steps-per-epoch", 1, "--augment", "none",
         "--batch-size", 2, "--precision", "fp32", "--recipe", "paper", "--verbose", 0, "--no-tensorboard",
-        "--init-weights", tmp_path / "start.keras", "--out", out)])
+        "--init-weights", start, "--out", out, *extra)])
     keras.config.set_dtype_policy("float32")
-    printed = capsys.readouterr().out
     assert status == 0
-    assert "train.py: epoch 1: revived 1 dead heat-map channel(s) (heatmaps_4: 9)" in printed
-    final = keras.models.load_model(out / "final.keras", safe_mode=True)
+    return keras.models.load_model(out / "final.keras", safe_mode=True)
+
+
+@pytest.fixture(scope="module")
+def start_with_a_dead_channel(tmp_path_factory):
+    start = settled(build_cfdrnn(TINY), random_images(3))
+    kill(start, "hml3.conv1x1_H_bn", [9])
+    path = tmp_path_factory.mktemp("start") / "start.keras"
+    start.save(path)
+    return path
+
+
+def test_training_with_always_revives_a_dead_channel_of_its_initial_weights(capsys, shared_data, tmp_path,
+                                                                           start_with_a_dead_channel):
+    final = tiny_run(shared_data, tmp_path / "run", start_with_a_dead_channel, "--revive-dead-heatmaps", "always")
+    assert "train.py: epoch 1: revived 1 dead heat-map channel(s) (heatmaps_4: 9)" in capsys.readouterr().out
     assert keras.ops.convert_to_numpy(final.get_layer("hml3.conv1x1_H_bn").beta)[9] > -1.0
     assert 9 not in dh.find_dead_heatmaps(final, random_images(3)).get("hml3.conv1x1_H_bn", [])
 
+
+def test_auto_only_reports_the_dead_channels_of_trained_weights(capsys, shared_data, tmp_path, start_with_a_dead_channel):
+    final = tiny_run(shared_data, tmp_path / "run", start_with_a_dead_channel)
+    printed = capsys.readouterr().out
+    assert ("train.py: epoch 1: 1 dead heat-map channel(s), not revived: the run started from trained weights; "
+            "--revive-dead-heatmaps always revives them (heatmaps_4: 9)") in printed
+    assert "revived 1" not in printed
+    assert keras.ops.convert_to_numpy(final.get_layer("hml3.conv1x1_H_bn").beta)[9] < -100
 
 def test_recentring_leaves_the_revived_points_unbiased_on_the_probe_and_the_rest_untouched():
     from cfdrnn_keras.model.codec import heatmap_peaks_numpy

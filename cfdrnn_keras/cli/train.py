@@ -108,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--no-head-init", action="store_true",
                        help="keep γ = 1 in the output heads' last batch norms instead of starting them at "
                             "the targets' scale (training.scale_output_heads)")
-    optim.add_argument("--no-revive-dead-heatmaps", action="store_true",
-                       help="do not check, before every epoch, for heat-map channels that are zero on every "
-                            "probe face (16 training crops) and revive them (training.dead_heatmaps)")
+    optim.add_argument("--revive-dead-heatmaps", choices=("auto", "always", "never"), default="auto",
+                       help="before every epoch, find heat-map channels that are zero on every probe face (16 "
+                            "training crops) and revive them (training.dead_heatmaps): always; never (no check); "
+                            "auto = revive in a run from fresh weights, only report them in one from "
+                            "--init-weights (reviving a trained network's channels costs epochs: docs/TRAINING.md)")
     optim.add_argument("--seed", type=int, default=0, help="seeds the split, weights, shuffling and augmentation")
 
     run = parser.add_argument_group("run")
@@ -138,7 +140,7 @@ RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "c
              "input_size", "batchnorm", "init_weights",
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
              "heatmap_loss_weight", "delta_loss_weight", "delta_loss", "bn_momentum", "no_head_init",
-             "no_revive_dead_heatmaps",
+             "revive_dead_heatmaps",
              "seed", "precision", "shard_policy")
 
 # What --resume refuses to change, and what it lets through (docs/TRAINING.md, "What --resume refuses").
@@ -162,8 +164,8 @@ RESUME_FREE = {
     "epochs": "more (or fewer, but more than done) epochs; the cosine is recomputed for the new length",
     "learning_rate": "the remedy for a run that diverged; the schedule keeps its shape, scaled",
     "cache": "memory or disk; from disk the resumed order is a fresh draw",
-    "no_revive_dead_heatmaps": "a repair, not a setting of the objective: a run resumed with it on revives "
-                               "its dead heat-map channels from that epoch",
+    "revive_dead_heatmaps": "a repair, not a setting of the objective: a run resumed with `always` revives "
+                            "its dead heat-map channels from that epoch",
     "strategy": "any, as long as the global batch (per-replica batch × replicas) stays the same",
     "verbose": "output only", "no_tensorboard": "output only",
 }
@@ -566,9 +568,11 @@ def run(args, extra_callbacks=()) -> RunResult:
     if chief and not args.no_tensorboard and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
                                                      update_freq="epoch", profile_batch=0))
-    if not args.no_revive_dead_heatmaps:
+    if args.revive_dead_heatmaps != "never":
         # first of all: the epoch then trains (and its checkpoint holds) the revived channels
-        callbacks.insert(0, revival_callback(trainer.network, config, train_faces))
+        started_from_weights = bool((description or {}).get("options", {}).get("init_weights") or args.init_weights)
+        revive = args.revive_dead_heatmaps == "always" or not started_from_weights
+        callbacks.insert(0, revival_callback(trainer.network, config, train_faces, revive=revive))
     callbacks.extend(extra_callbacks)
     verbose = (1 if sys.stdout.isatty() else 2) if args.verbose == "auto" else int(args.verbose)
     try:
@@ -589,9 +593,9 @@ def run(args, extra_callbacks=()) -> RunResult:
     return RunResult(trainer, history, run_dir)
 
 
-def revival_callback(network, config, train_faces, count: int = 16):
+def revival_callback(network, config, train_faces, count: int = 16, revive: bool = True):
     """`ReviveDeadHeatmaps` on the crops of the first `count` readable training faces (unaugmented,
-    as the pipeline normalises them); the validation faces play no part."""
+    as the pipeline normalises them); the validation faces play no part. revive=False: report only."""
     import numpy as np
 
     from cfdrnn_keras.training.dead_heatmaps import ReviveDeadHeatmaps
@@ -612,7 +616,7 @@ def revival_callback(network, config, train_faces, count: int = 16):
         images[i] = crop.image.astype(np.float32) / 255.0 - 0.5
         points[i] = crop.points / float(size)  # normalised as the pipeline's `landmarks` target
     return ReviveDeadHeatmaps(images, network, config.heatmap_size, config.heatmap_sigma, landmarks=points,
-                              stride=config.stride, log=lambda line: print(f"train.py: {line}", flush=True))
+                              stride=config.stride, revive=revive, log=lambda line: print(f"train.py: {line}", flush=True))
 
 
 def divergence_advice(run_dir, learning_rate: float, checkpoint) -> str:

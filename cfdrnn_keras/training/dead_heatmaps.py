@@ -18,6 +18,12 @@ mean residual on the probe faces (ground truth − new coarse peak − predicted
 removes that jump at once. `ReviveDeadHeatmaps` checks a fixed probe batch of training crops
 (never validation faces) before training and at the start of every epoch, so a resumed run
 revives exactly what the uninterrupted run would have.
+
+Even so, reviving a *trained* network is not free: later stages and the offset branches read every
+stage's maps, so a channel that comes back perturbs every point, and the packaged `mobile` needed
+more than a few epochs to recover (docs/TRAINING.md, "Dead heat-map channels"). Hence `tools/train.py
+--revive-dead-heatmaps auto` (the default) revives in runs from fresh weights, where channels die
+early and come back at little cost, and only reports them in runs from `--init-weights`.
 """
 from __future__ import annotations
 
@@ -134,13 +140,15 @@ def describe(dead: dict, heads: dict) -> str:
 
 class ReviveDeadHeatmaps(keras.callbacks.Callback):
     """Before training and at the start of every epoch: find dead heat-map channels on `images` (a
-    fixed batch of training crops) and revive them, then re-centre their offsets on `landmarks`
+    fixed batch of training crops) and (unless revive=False: then only report them) revive them, then re-centre their offsets on `landmarks`
     (the crops' normalised points; None: not re-centred); each revival is printed and counted in
     `self.revived` ({epoch: {batch-norm name: channels}}, epoch 0-based as Keras counts)."""
 
     def __init__(self, images, network: keras.Model, heatmap_size: int, sigma: float, landmarks=None,
-                 stride: int = 4, log=print):
+                 stride: int = 4, revive: bool = True, log=print):
         super().__init__()
+        self.revive = bool(revive)
+        self._reported = None
         self.images = np.asarray(images, dtype=np.float32)
         self.landmarks = None if landmarks is None else np.asarray(landmarks, dtype=np.float32)
         self.stride = int(stride)
@@ -154,6 +162,13 @@ class ReviveDeadHeatmaps(keras.callbacks.Callback):
         if not len(self.images):
             return {}
         dead = find_dead_heatmaps(self.network, self.images)
+        if dead and not self.revive:
+            if dead != self._reported and self.log:  # once, and again only when the set changes
+                count = sum(len(channels) for channels in dead.values())
+                self.log(f"epoch {epoch + 1}: {count} dead heat-map channel(s), not revived: the run started from "
+                         f"trained weights; --revive-dead-heatmaps always revives them ({describe(dead, self._heads)})")
+            self._reported = dead
+            return dead
         if dead:
             count = revive(self.network, dead, self.gamma)
             if self.landmarks is not None:
