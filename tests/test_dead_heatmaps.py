@@ -36,20 +36,24 @@ def random_images(count=4, size=64, seed=0):
     return np.random.default_rng(seed).uniform(-0.5, 0.5, (count, size, size, 3)).astype(np.float32)
 
 
-def test_a_channel_is_dead_only_when_zero_at_every_pixel_of_every_image():
-    maps = np.zeros((2, 4, 4, 3), np.float32)
-    maps[1, 3, 0, 1] = 1e-3  # channel 1 lives on one pixel of one image
-    maps[0, 0, 0, 2] = -5.0  # negative is not alive (heads end in a ReLU; this guards a change)
-    heads = {"hml3.conv1x1_H_bn": ["heatmaps_4"]}
-    assert dh.dead_channels({"heatmaps_4": maps}, heads) == {"hml3.conv1x1_H_bn": [0, 2]}
+def test_a_channel_is_dead_when_batch_norm_with_this_batchs_statistics_leaves_nothing_positive():
+    # one call, 4 pixels, the same values 1..4 in each of 3 channels: μ 2.5, σ² 1.25, largest x̂ ±1.5/√1.251
+    x = np.tile(np.arange(1.0, 5.0).reshape(1, 2, 2, 1), (1, 1, 1, 3))
+    top = 1.5 / np.sqrt(1.25 + 1e-3)  # 1.341
+    gamma = np.array([1.0, 1.0, -1.0])
+    beta = np.array([-top - 0.01, -top + 0.01, -top - 0.01])  # just dead, just alive, dead with γ < 0
+    assert dh.dead_channels([x], gamma, beta, epsilon=1e-3) == [0, 2]
+    beta[2] = -top + 0.01  # γ < 0: the smallest input gives the largest output
+    assert dh.dead_channels([x], gamma, beta, epsilon=1e-3) == [0]
 
 
-def test_a_shared_branch_is_dead_only_where_every_stage_it_feeds_is():
-    alive_in_2 = np.zeros((1, 2, 2, 2), np.float32)
-    alive_in_2[0, 0, 0, 0] = 1.0
-    outputs = {"heatmaps_2": alive_in_2, "heatmaps_3": np.zeros_like(alive_in_2), "heatmaps_4": np.zeros_like(alive_in_2)}
-    heads = {"hml.conv1x1_H_bn": ["heatmaps_2", "heatmaps_3", "heatmaps_4"]}
-    assert dh.dead_channels(outputs, heads) == {"hml.conv1x1_H_bn": [1]}
+def test_a_shared_branch_is_dead_only_where_every_call_is():
+    low = np.tile(np.arange(1.0, 5.0).reshape(1, 2, 2, 1), (1, 1, 1, 2))
+    skewed = low.copy()
+    skewed[0, 1, 1, 0] = 40.0  # call 2: channel 0 has one outlier, x̂ up to about 1.7
+    gamma, beta = np.ones(2), np.full(2, -1.5)
+    assert dh.dead_channels([low], gamma, beta) == [0, 1]
+    assert dh.dead_channels([low, skewed], gamma, beta) == [1]
 
 
 def test_the_heads_with_a_loss_are_mapped_to_their_outputs():
@@ -62,8 +66,11 @@ def test_the_heads_with_a_loss_are_mapped_to_their_outputs():
 
 def test_killed_channels_are_found_exactly_and_revived():
     images = random_images()
-    network = settled(build_cfdrnn(TINY), images)
-    assert dh.find_dead_heatmaps(network, images) == {}  # β = 0 and real statistics: every channel half alive
+    network = build_cfdrnn(TINY)
+    # A fresh network: β = 0, so every channel is half positive in training mode (at inference its
+    # moving averages, mean 0 and variance 1, leave some all-negative: that is not death)
+    assert dh.find_dead_heatmaps(network, images) == {}
+    assert dh.find_dead_heatmaps(settled(network, images), images) == {}
     kill(network, "hml3.conv1x1_H_bn", [5, 40])
     kill(network, "resizer0.conv1x1_H_bn", [0])
     layer = network.get_layer("hml3.conv1x1_H_bn")

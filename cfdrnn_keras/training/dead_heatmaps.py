@@ -61,28 +61,47 @@ def heatmap_batchnorms(network: keras.Model) -> dict:
     return heads
 
 
-def dead_channels(outputs: dict, heads: dict) -> dict:
-    """{batch-norm name: sorted channel indices} whose maps are ≤ 0 at every pixel of every image,
-    in every output the batch norm feeds. `outputs` maps `heatmaps_j` → (B, H, W, N) arrays."""
-    dead = {}
-    for bn_name, fed in heads.items():
-        alive = None
-        for output in fed:
-            peaks = np.asarray(outputs[output], dtype=np.float32).max(axis=(0, 1, 2)) > 0.0
-            alive = peaks if alive is None else alive | peaks
-        channels = sorted(int(c) for c in np.flatnonzero(~alive))
-        if channels:
-            dead[bn_name] = channels
-    return dead
+def dead_channels(inputs, gamma, beta, epsilon: float = 1e-3) -> list:
+    """Sorted channels for which batch norm in training mode (the statistics of this batch) then ReLU
+    outputs nothing positive: max over the batch and pixels of γ·(x − μ)/√(σ² + ε) + β ≤ 0.
+
+    `inputs` is a list of (B, H, W, C) arrays, the batch norm's input at each of its calls (one, or
+    three for a shared branch); a channel is dead only where it is dead in every call. Training-mode
+    statistics, because that is what decides whether a gradient can reach the channel: a fresh
+    network's moving averages (mean 0, variance 1) leave many channels all-negative at inference
+    although every one of them learns.
+    """
+    gamma = np.asarray(gamma, dtype=np.float64)
+    beta = np.asarray(beta, dtype=np.float64)
+    alive = np.zeros(gamma.shape, bool)
+    for x in inputs:
+        x = np.asarray(x, dtype=np.float64).reshape(-1, gamma.shape[0])
+        mean, variance = x.mean(axis=0), x.var(axis=0)
+        slope = gamma / np.sqrt(variance + epsilon)
+        highest = np.where(slope >= 0, slope * (x.max(axis=0) - mean), slope * (x.min(axis=0) - mean)) + beta
+        alive |= highest > 0.0
+    return sorted(int(c) for c in np.flatnonzero(~alive))
 
 
 def find_dead_heatmaps(network: keras.Model, images, batch_size: int = 16) -> dict:
-    """`dead_channels` of `network` (inference mode) on `images` (B, S, S, 3) in the model's range."""
+    """{batch-norm name: `dead_channels`} of `network`'s heat-map heads on `images` (B, S, S, 3) in the
+    model's range; the layers before each head run in inference mode."""
     heads = heatmap_batchnorms(network)
-    wanted = sorted({output for fed in heads.values() for output in fed})
-    probe = keras.Model(network.inputs, {name: network.output[name] for name in wanted}, name="heatmap_probe")
+    tensors = {}
+    for bn_name in heads:
+        for call, node in enumerate(network.get_layer(bn_name)._inbound_nodes):
+            tensors[f"{bn_name}/{call}"] = node.input_tensors[0]
+    probe = keras.Model(network.inputs, tensors, name="heatmap_probe")
     outputs = probe.predict(np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0)
-    return dead_channels(outputs, heads)
+    dead = {}
+    for bn_name in heads:
+        layer = network.get_layer(bn_name)
+        calls = [outputs[key] for key in tensors if key.rsplit("/", 1)[0] == bn_name]
+        channels = dead_channels(calls, keras.ops.convert_to_numpy(layer.gamma), keras.ops.convert_to_numpy(layer.beta),
+                                 layer.epsilon)
+        if channels:
+            dead[bn_name] = channels
+    return dead
 
 
 def revive(network: keras.Model, dead: dict, gamma: float) -> int:
@@ -139,30 +158,31 @@ def describe(dead: dict, heads: dict) -> str:
 
 
 class ReviveDeadHeatmaps(keras.callbacks.Callback):
-    """Before training and at the start of every epoch: find dead heat-map channels on `images` (a
-    fixed batch of training crops) and (unless revive=False: then only report them) revive them, then re-centre their offsets on `landmarks`
-    (the crops' normalised points; None: not re-centred); each revival is printed and counted in
-    `self.revived` ({epoch: {batch-norm name: channels}}, epoch 0-based as Keras counts)."""
+    """At the start of every epoch (the first one included): find dead heat-map channels on `images`, a
+    fixed batch of training crops, and revive them, re-centring their offsets on `landmarks` (the
+    crops' normalised points; None: no re-centring). revive=False only reports them, once and again
+    when the set changes. Revivals are printed and kept in `self.revived` ({epoch: {batch-norm name:
+    channels}}, epochs 0-based as Keras counts them)."""
 
     def __init__(self, images, network: keras.Model, heatmap_size: int, sigma: float, landmarks=None,
                  stride: int = 4, revive: bool = True, log=print):
         super().__init__()
-        self.revive = bool(revive)
-        self._reported = None
         self.images = np.asarray(images, dtype=np.float32)
         self.landmarks = None if landmarks is None else np.asarray(landmarks, dtype=np.float32)
         self.stride = int(stride)
         self.network = network
         self.gamma = head_gamma(heatmap_size, sigma)
+        self.reviving = bool(revive)
         self.log = log
         self.revived = {}
+        self._reported = None
         self._heads = heatmap_batchnorms(network)
 
     def check(self, epoch: int) -> dict:
         if not len(self.images):
             return {}
         dead = find_dead_heatmaps(self.network, self.images)
-        if dead and not self.revive:
+        if dead and not self.reviving:
             if dead != self._reported and self.log:  # once, and again only when the set changes
                 count = sum(len(channels) for channels in dead.values())
                 self.log(f"epoch {epoch + 1}: {count} dead heat-map channel(s), not revived: the run started from "
