@@ -89,6 +89,7 @@ def find_dead_heatmaps(network: keras.Model, images, batch_size: int = 16) -> di
     heads = heatmap_batchnorms(network)
     tensors = {}
     for bn_name in heads:
+        # every call of the layer (a shared branch has three): Keras has no public accessor for them
         for call, node in enumerate(network.get_layer(bn_name)._inbound_nodes):
             tensors[f"{bn_name}/{call}"] = node.input_tensors[0]
     probe = keras.Model(network.inputs, tensors, name="heatmap_probe")

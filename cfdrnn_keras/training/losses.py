@@ -18,6 +18,7 @@ The delta targets come from the network's own heat-maps of the same forward pass
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from keras import ops
@@ -75,8 +76,6 @@ def delta_wing(target, predicted, stride: int, input_size: int, width: float = W
     """Per-image Wing loss (B,) on the offset's Euclidean error d in heat-map pixels (Feng et al. 2018):
     w·ln(1 + d/ε) below w, d − C above (C = w − w·ln(1 + w/ε) joins the two): steep for small errors,
     linear for large ones."""
-    import math
-
     d = _offset_distance(target, predicted, stride, input_size)
     join = width - width * math.log(1.0 + width / curvature)
     loss = ops.where(d < width, width * ops.log(1.0 + d / curvature), d - join)

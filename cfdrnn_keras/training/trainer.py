@@ -16,7 +16,8 @@ from keras import ops
 
 from ..config import CFDRNNConfig
 from ..machine import cpu_has_bf16  # noqa: F401  (re-exported; picks the precision)
-from .losses import HEADS, LossWeights, cfdrnn_losses, interocular_nme, total_loss
+from .dead_heatmaps import head_gamma
+from .losses import HEADS, LossWeights, cfdrnn_losses, delta_loss_function, interocular_nme, total_loss
 from ..model.network import build_cfdrnn
 
 
@@ -36,8 +37,6 @@ class CFDRNNTrainer(keras.Model):
     def __init__(self, network: keras.Model, loss_weights: LossWeights | None = None, l2_decay: float = 0.0,
                  stride: int = 4, delta_loss: str = "l2", **kwargs):
         super().__init__(**kwargs)
-        from .losses import delta_loss_function
-
         delta_loss_function(delta_loss)  # an unknown name fails here, not in the first step
         self.delta_loss = delta_loss
         self.network = network
@@ -272,8 +271,6 @@ def scale_output_heads(network: keras.Model, config: CFDRNNConfig) -> None:
     removes that phase: heat-maps γ = √(2π)·σ / H (Σ out² ≈ πσ²), offsets γ = 1 / H (one heat-map
     pixel). Measured effect in docs/TRAINING.md.
     """
-    from .dead_heatmaps import head_gamma
-
     size = config.heatmap_size
     heatmap_gamma = head_gamma(size, config.heatmap_sigma)
     delta_gamma = 1.0 / size
