@@ -59,12 +59,17 @@ def configure_converter(converter: tf.lite.TFLiteConverter, fmt: str, representa
 
 
 def _cfdrnn_graph(model: keras.Model) -> keras.Model:
-    """The CFDRNN network inside `model`: itself, or the nested graph a test-time ensemble wraps."""
+    """The CFDRNN network inside `model`: itself, or the first nested graph with a `decoder` layer, at
+    any depth (a test-time ensemble wraps a network, or an average of networks whose members share
+    their layer names, so one member's names are every member's)."""
     if "decoder" in {layer.name for layer in model.layers}:
         return model
     for layer in model.layers:
-        if isinstance(layer, keras.Model) and "decoder" in {inner.name for inner in layer.layers}:
-            return layer
+        if isinstance(layer, keras.Model):
+            try:
+                return _cfdrnn_graph(layer)
+            except ValueError:
+                continue
     raise ValueError(f"{model.name}: no CFDRNN network (a `decoder` layer) inside")
 
 

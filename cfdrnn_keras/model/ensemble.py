@@ -121,6 +121,22 @@ def stage_count(network: keras.Model) -> int:
     return count
 
 
+def member_suffixes(network: keras.Model) -> list[str]:
+    """The output-name suffixes of the networks a graph holds: `[""]` for one network, `["", "_m2",
+    ...]` for an average of networks (`network_average`: member k's outputs are `heatmaps_j_mk`)."""
+    outputs = network.output if isinstance(network.output, dict) else {}
+    suffixes = [""]
+    while f"heatmaps_1_m{len(suffixes) + 1}" in outputs:
+        suffixes.append(f"_m{len(suffixes) + 1}")
+    return suffixes
+
+
+def _stage_keys(network: keras.Model, options: EnsembleOptions, stages: int) -> list[tuple[str, str]]:
+    """(heat-map, offset) output names the ensemble reads: every stage or the last, of every member."""
+    used = range(1, stages + 1) if options.stages == "all" else [stages]
+    return [(f"heatmaps_{j}{s}", f"delta_{j}{s}") for s in member_suffixes(network) for j in used]
+
+
 def build_test_time_model(network: keras.Model, options: EnsembleOptions = EnsembleOptions(),
                           permutation=None, uncertainty=None) -> keras.Model:
     """`image` → {`landmarks`, `confidence`} for `network` run as `options` says.
@@ -148,19 +164,19 @@ def build_test_time_model(network: keras.Model, options: EnsembleOptions = Ensem
             raise ValueError(f"{network.name}: the flip test needs a permutation for {count} points")
         permutation = MIRROR_PERMUTATION_68
 
+    keys = _stage_keys(network, options, stages)
     if options.stages == "last":  # only the final stage is read: let Keras prune the other tails
         kept = {"landmarks": outputs["landmarks"], "confidence": outputs["confidence"]}
         if uncertainty is not None or options.subpixel:  # these read the last heat-maps and offsets
-            kept.update({f"heatmaps_{stages}": outputs[f"heatmaps_{stages}"], f"delta_{stages}": outputs[f"delta_{stages}"]})
+            kept.update({key: outputs[key] for pair in keys for key in pair})
         network = keras.Model(network.inputs, kept, name=network.name)
     image = keras.Input(network.inputs[0].shape[1:], name="image")
     batch = MirrorBatch(name="mirror_batch")(image) if options.flip else image
     results = network(batch, training=False)
-    averaged = list(range(1, stages + 1)) if options.stages == "all" else [stages]
     if options.stages == "all" or options.subpixel:
-        stride = size // int(results[f"heatmaps_{averaged[0]}"].shape[1])
+        stride = size // int(results[keys[0][0]].shape[1])
         landmarks = StageAverage(stride, size, subpixel=options.subpixel, name="stage_average")(
-            [results[f"heatmaps_{j}"] for j in averaged], [results[f"delta_{j}"] for j in averaged])
+            [results[h] for h, _ in keys], [results[d] for _, d in keys])
     else:
         landmarks = results["landmarks"]
     confidence = results["confidence"]
@@ -171,22 +187,21 @@ def build_test_time_model(network: keras.Model, options: EnsembleOptions = Ensem
     suffix = "ensemble" if not options.is_plain else "plain"
     model_outputs = {"landmarks": landmarks, "confidence": confidence}
     if uncertainty is not None:
-        model_outputs.update(_uncertainty_outputs(results, options, stages, size, permutation, uncertainty))
+        model_outputs.update(_uncertainty_outputs(results, options, keys, size, permutation, uncertainty))
     return keras.Model(image, model_outputs, name=f"{network.name}_{suffix}")
 
 
-def _uncertainty_outputs(results, options, stages, size, permutation, uncertainty) -> dict:
-    """The `PointUncertainty` layer on the stages `options` uses (issue 17)."""
+def _uncertainty_outputs(results, options, keys, size, permutation, uncertainty) -> dict:
+    """The `PointUncertainty` layer on the (heat-map, offset) outputs `keys` the ensemble uses (issue 17)."""
     from .uncertainty import PointUncertainty
 
-    used = list(range(1, stages + 1)) if options.stages == "all" else [stages]
-    stride = size // int(results[f"heatmaps_{used[-1]}"].shape[1])
+    stride = size // int(results[keys[-1][0]].shape[1])
     features = uncertainty == "features"
     layer = PointUncertainty(
         stride, size, permutation=list(permutation) if options.flip else None, mode="features" if features else "calibrated",
         **({} if features else {key: uncertainty[key] for key in ("intercepts", "slopes", "face_weights", "face_bias")}),
         name="point_uncertainty")
-    first, second = layer([results[f"heatmaps_{j}"] for j in used], [results[f"delta_{j}"] for j in used])
+    first, second = layer([results[h] for h, _ in keys], [results[d] for _, d in keys])
     names = ("uncertainty_features", "face_features") if features else ("uncertainty", "face_score")
     return {names[0]: keras.layers.Activation("linear", dtype="float32", name=names[0])(first),
             names[1]: keras.layers.Activation("linear", dtype="float32", name=names[1])(second)}
@@ -211,4 +226,5 @@ def for_inference(network: keras.Model, options: EnsembleOptions | None = None, 
 
 
 __all__ = ["EnsembleOptions", "MirrorBatch", "MirrorMerge", "PLAIN", "STAGE_CHOICES", "StageAverage",
-           "add_arguments", "build_test_time_model", "default_options", "for_inference", "options_from_args", "stage_count"]
+           "add_arguments", "build_test_time_model", "default_options", "for_inference", "member_suffixes",
+           "options_from_args", "stage_count"]
