@@ -159,3 +159,24 @@ def test_recentring_leaves_the_revived_points_unbiased_on_the_probe_and_the_rest
     np.testing.assert_allclose(after["delta_4"][:, others], before["delta_4"][:, others], atol=1e-6)
     np.testing.assert_allclose(after["delta_3"], before["delta_3"], atol=1e-6)  # other stages untouched
     np.testing.assert_array_equal(after["heatmaps_4"], before["heatmaps_4"])
+
+
+def test_revival_stops_after_revive_epochs_and_reports_instead():
+    from cfdrnn_keras.cli.train import auto_revival_epochs
+
+    assert [auto_revival_epochs(n) for n in (1, 2, 10, 50, 60)] == [1, 1, 4, 20, 24]
+    images = random_images()
+    network = build_cfdrnn(TINY)
+    lines = []
+    callback = dh.ReviveDeadHeatmaps(images, network, TINY.heatmap_size, TINY.heatmap_sigma, revive_epochs=2,
+                                     log=lines.append)
+    kill(network, "hml3.conv1x1_H_bn", [7])
+    callback.on_epoch_begin(1)  # the second epoch (0-based 1): still within the first two
+    assert callback.revived == {1: {"hml3.conv1x1_H_bn": [7]}}
+    kill(network, "hml3.conv1x1_H_bn", [7])
+    callback.on_epoch_begin(2)
+    callback.on_epoch_begin(3)  # the same set: reported once
+    assert list(callback.revived) == [1]
+    assert dh.find_dead_heatmaps(network, images) == {"hml3.conv1x1_H_bn": [7]}
+    assert len(lines) == 2 and "revived 1" in lines[0]
+    assert "not revived: past the first 2 epoch(s)" in lines[1] and "heatmaps_4: 7" in lines[1]

@@ -162,11 +162,13 @@ class ReviveDeadHeatmaps(keras.callbacks.Callback):
     """At the start of every epoch (the first one included): find dead heat-map channels on `images`, a
     fixed batch of training crops, and revive them, re-centring their offsets on `landmarks` (the
     crops' normalised points; None: no re-centring). revive=False only reports them, once and again
-    when the set changes. Revivals are printed and kept in `self.revived` ({epoch: {batch-norm name:
+    when the set changes; so do epochs from `revive_epochs` on (0-based; None: every epoch revives),
+    because late in a schedule a revival costs more than it gains (docs/TRAINING.md: 5.38 → 6.91 %
+    at epoch 26 of 50). Revivals are printed and kept in `self.revived` ({epoch: {batch-norm name:
     channels}}, epochs 0-based as Keras counts them)."""
 
     def __init__(self, images, network: keras.Model, heatmap_size: int, sigma: float, landmarks=None,
-                 stride: int = 4, revive: bool = True, log=print):
+                 stride: int = 4, revive: bool = True, log=print, revive_epochs: int | None = None):
         super().__init__()
         self.images = np.asarray(images, dtype=np.float32)
         self.landmarks = None if landmarks is None else np.asarray(landmarks, dtype=np.float32)
@@ -174,6 +176,7 @@ class ReviveDeadHeatmaps(keras.callbacks.Callback):
         self.network = network
         self.gamma = head_gamma(heatmap_size, sigma)
         self.reviving = bool(revive)
+        self.revive_epochs = None if revive_epochs is None else int(revive_epochs)
         self.log = log
         self.revived = {}
         self._reported = None
@@ -183,11 +186,14 @@ class ReviveDeadHeatmaps(keras.callbacks.Callback):
         if not len(self.images):
             return {}
         dead = find_dead_heatmaps(self.network, self.images)
-        if dead and not self.reviving:
+        late = self.revive_epochs is not None and epoch >= self.revive_epochs
+        if dead and (late or not self.reviving):
             if dead != self._reported and self.log:  # once, and again only when the set changes
                 count = sum(len(channels) for channels in dead.values())
-                self.log(f"epoch {epoch + 1}: {count} dead heat-map channel(s), not revived: the run started from "
-                         f"trained weights; --revive-dead-heatmaps always revives them ({describe(dead, self._heads)})")
+                why = (f"past the first {self.revive_epochs} epoch(s) of the schedule, where a revival costs more "
+                       "than it gains" if self.reviving else "the run started from trained weights")
+                self.log(f"epoch {epoch + 1}: {count} dead heat-map channel(s), not revived: {why}; "
+                         f"--revive-dead-heatmaps always revives them ({describe(dead, self._heads)})")
             self._reported = dead
             return dead
         if dead:
