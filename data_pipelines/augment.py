@@ -10,6 +10,13 @@ Colour (brightness, contrast, saturation, hue) runs on the warped crop in [0, 1]
 are one 3×3 matrix per example (scale and rotate the chroma plane of YIQ, leaving luma alone),
 contrast scales around the per-channel mean, brightness adds an offset; then the result is clipped.
 
+Occlusion (off by default; `--augment occlusion`): with a given probability one rectangle of the crop,
+each side a random fraction of the crop, is painted one random colour, like a hand, a microphone or
+a scarf (random erasing, Zhong et al. 2020; the synthetic occlusion of the 300-W robustness
+recipes). The points stay where they are: the network learns to place covered points from the rest
+of the face. Its draws come from their own seed stream, so turning it on leaves every other draw
+(and every run made without it) exactly as it was.
+
 Everything is stateless-random: the same seed gives the same augmentation, on any machine, in
 any tf.data parallelism. Works on a batch (B, H, W, 3) with independent parameters per example, or
 on one example (H, W, 3).
@@ -25,7 +32,7 @@ import numpy as np
 from .geometry import MIRROR_PERMUTATION_68, tf_warp
 
 
-AUGMENT_CHOICES = ("default", "strong", "none")
+AUGMENT_CHOICES = ("default", "strong", "occlusion", "none")
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class AugmentConfig:
             enough that a flipped face is a valid face with the points permuted).
         seed: mixed into every random draw, so two configs with different seeds differ.
         mirror_permutation: point permutation for flips; None = DESIGN.md §3's 68-point one.
+        occlusion_probability: chance of one occluding rectangle per crop (0 = never).
+        occlusion_size: its width and height, each uniform in [lo, hi] × the crop side.
     """
 
     rotation_degrees: float = 15.0
@@ -57,6 +66,8 @@ class AugmentConfig:
     mirror_probability: float = 0.5
     seed: int = 0
     mirror_permutation: tuple[int, ...] | None = None
+    occlusion_probability: float = 0.0
+    occlusion_size: tuple[float, float] = (0.15, 0.4)
 
     def __post_init__(self):
         low, high = self.scale_range
@@ -69,6 +80,11 @@ class AugmentConfig:
             raise ValueError("contrast and saturation must be <= 1 (their factors are 1 ± value)")
         if not 0 <= self.mirror_probability <= 1:
             raise ValueError(f"mirror_probability must be in [0, 1], got {self.mirror_probability}")
+        if not 0 <= self.occlusion_probability <= 1:
+            raise ValueError(f"occlusion_probability must be in [0, 1], got {self.occlusion_probability}")
+        low, high = self.occlusion_size
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"occlusion_size must satisfy 0 < low <= high <= 1, got {self.occlusion_size}")
         if self.mirror_permutation is not None:
             perm = list(self.mirror_permutation)
             if sorted(perm) != list(range(len(perm))):
@@ -91,11 +107,19 @@ class AugmentConfig:
         return cls(**values)
 
     @classmethod
+    def occlusion(cls, **changes) -> "AugmentConfig":
+        """The default ranges plus one occluding rectangle in half of the crops, 15–40 % of the crop
+        side each way (issue 14's synthetic-occlusion ablation)."""
+        values = dict(occlusion_probability=0.5)
+        values.update(changes)
+        return cls(**values)
+
+    @classmethod
     def named(cls, name: str) -> "AugmentConfig":
-        """The augmentation `--augment NAME` asks for: default, strong or none."""
+        """The augmentation `--augment NAME` asks for: default, strong, occlusion or none."""
         if name not in AUGMENT_CHOICES:
             raise ValueError(f"augment must be one of {', '.join(AUGMENT_CHOICES)}, got {name!r}")
-        return {"default": cls, "strong": cls.strong, "none": cls.none}[name]()
+        return {"default": cls, "strong": cls.strong, "occlusion": cls.occlusion, "none": cls.none}[name]()
 
     def permutation(self, num_points: int) -> tuple[int, ...]:
         perm = self.mirror_permutation
@@ -121,6 +145,8 @@ class AugmentConfig:
             values["scale_range"] = tuple(values["scale_range"])
         if values.get("mirror_permutation") is not None:
             values["mirror_permutation"] = tuple(values["mirror_permutation"])
+        if "occlusion_size" in values:
+            values["occlusion_size"] = tuple(values["occlusion_size"])
         return cls(**values)
 
 
@@ -153,7 +179,7 @@ def sample_parameters(config: AugmentConfig, seed, batch_size) -> dict:
 
     rotation = math.radians(config.rotation_degrees)
     low, high = config.scale_range
-    return {
+    params = {
         "angle": uniform(0, -rotation, rotation),
         "scale": tf.exp(uniform(1, math.log(low), math.log(high))),
         "shift": uniform(2, -config.translation, config.translation, [2]),
@@ -163,6 +189,38 @@ def sample_parameters(config: AugmentConfig, seed, batch_size) -> dict:
         "saturation": uniform(6, 1.0 - config.saturation, 1.0 + config.saturation),
         "hue": uniform(7, -config.hue, config.hue),
     }
+    if config.occlusion_probability > 0:  # its own stream: the draws above stay those of a run without it
+        more = tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(_seed_pair(seed, config), 1), 4)
+        extra = lambda index, lo, hi, tail=(): tf.random.stateless_uniform(  # noqa: E731
+            tf.concat([shape, tf.constant(list(tail), tf.int32)], 0), more[index], lo, hi, tf.float32)
+        lo, hi = config.occlusion_size
+        params.update(occlude=extra(0, 0.0, 1.0) < config.occlusion_probability, occlusion_size=extra(1, lo, hi, [2]),
+                      occlusion_origin=extra(2, 0.0, 1.0, [2]), occlusion_fill=extra(3, 0.0, 1.0, [3]))
+    return params
+
+
+def _occlusion_masks(xp, params: dict, output_size: int):
+    """(B, S, S) bool: the pixels (by their centres) inside each crop's occluding rectangle; `xp` is
+    numpy or tf.experimental.numpy, so the graph and the numpy twin share the geometry."""
+    size = float(output_size)
+    extent = xp.asarray(params["occlusion_size"], dtype="float32") * size  # (B, 2): width, height
+    origin = xp.asarray(params["occlusion_origin"], dtype="float32") * (size - extent)
+    centres = xp.arange(output_size, dtype="float32") + 0.5
+    inside_x = (centres[None, :] >= origin[:, 0:1]) & (centres[None, :] < origin[:, 0:1] + extent[:, 0:1])
+    inside_y = (centres[None, :] >= origin[:, 1:2]) & (centres[None, :] < origin[:, 1:2] + extent[:, 1:2])
+    occlude = xp.asarray(params["occlude"])
+    return inside_y[:, :, None] & inside_x[:, None, :] & occlude[:, None, None]
+
+
+def apply_occlusion(images, params: dict, *, low: float = 0.0):
+    """Paint each selected crop's rectangle its fill colour (images (B, S, S, 3) in [low, low + 1])."""
+    import tensorflow as tf
+    import tensorflow.experimental.numpy as tnp
+
+    masks = _occlusion_masks(tnp, params, int(images.shape[1]))
+    fill = tf.cast(params["occlusion_fill"], images.dtype) + low
+    return tf.where(masks[..., None], fill[:, None, None, :], images)
 
 
 def augmentation_matrices(params: dict, input_height, input_width, output_size: int, base_scale: float = 1.0):
@@ -256,6 +314,8 @@ def apply_augmentation(images, points, params: dict, config: AugmentConfig, *, o
         warped = apply_colour(warped, params, scale=scale, low=low)
     else:
         warped = tf.clip_by_value(warped * (1.0 / scale) + low, low, low + 1.0)
+    if config.occlusion_probability > 0:
+        warped = apply_occlusion(warped, params, low=low)
     return warped, moved
 
 
@@ -289,7 +349,7 @@ def sample_parameters_numpy(config: AugmentConfig, rng: np.random.Generator, bat
     rotation = math.radians(config.rotation_degrees)
     low, high = config.scale_range
     size = (batch_size,)
-    return {
+    params = {
         "angle": rng.uniform(-rotation, rotation, size),
         "scale": np.exp(rng.uniform(math.log(low), math.log(high), size)),
         "shift": rng.uniform(-config.translation, config.translation, (batch_size, 2)),
@@ -299,6 +359,19 @@ def sample_parameters_numpy(config: AugmentConfig, rng: np.random.Generator, bat
         "saturation": rng.uniform(1.0 - config.saturation, 1.0 + config.saturation, size),
         "hue": rng.uniform(-config.hue, config.hue, size),
     }
+    if config.occlusion_probability > 0:
+        lo, hi = config.occlusion_size
+        params.update(occlude=rng.uniform(0.0, 1.0, size) < config.occlusion_probability,
+                      occlusion_size=rng.uniform(lo, hi, (batch_size, 2)), occlusion_origin=rng.uniform(0.0, 1.0, (batch_size, 2)),
+                      occlusion_fill=rng.uniform(0.0, 1.0, (batch_size, 3)))
+    return params
+
+
+def apply_occlusion_numpy(images: np.ndarray, params: dict, *, low: float = 0.0) -> np.ndarray:
+    """numpy twin of `apply_occlusion`."""
+    masks = _occlusion_masks(np, params, images.shape[1])
+    fill = (np.asarray(params["occlusion_fill"], np.float32) + low)[:, None, None, :]
+    return np.where(masks[..., None], fill, images).astype(images.dtype)
 
 
 def augmentation_matrices_numpy(params: dict, input_height: int, input_width: int, output_size: int,
@@ -363,4 +436,6 @@ def augment_numpy(images: np.ndarray, points: np.ndarray, config: AugmentConfig,
         warped = apply_colour_numpy(warped, params, scale=scale, low=low)
     else:
         warped = np.clip(warped / scale + low, low, low + 1.0)
+    if config.occlusion_probability > 0:
+        warped = apply_occlusion_numpy(warped.astype(np.float32), params, low=low)
     return warped.astype(np.float32), moved.astype(np.float32)

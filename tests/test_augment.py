@@ -258,3 +258,50 @@ def test_numpy_twin_matches_the_graph_version():
     found = _centroids(warped)
     expected = np.array([moved[i, perm[i]] for i in range(68)])
     assert np.abs(found - expected).max() < 0.5
+
+
+def test_occlusion_rectangle_by_hand_and_its_numpy_twin():
+    from data_pipelines.augment import apply_occlusion, apply_occlusion_numpy
+
+    images = np.zeros((2, 8, 8, 3), np.float32) - 0.5
+    params = {"occlude": np.array([True, False]), "occlusion_size": np.array([[0.25, 0.5], [0.5, 0.5]], np.float32),
+              "occlusion_origin": np.array([[0.5, 0.0], [0.0, 0.0]], np.float32),
+              "occlusion_fill": np.array([[0.1, 0.2, 0.3], [0.9, 0.9, 0.9]], np.float32)}
+    # Crop 0: 2 × 4 px; free space 8 − 2 = 6 in x → x0 = 3, columns 3–4; y0 = 0, rows 0–3. Crop 1: not occluded.
+    expected = images.copy()
+    expected[0, 0:4, 3:5] = [0.1 - 0.5, 0.2 - 0.5, 0.3 - 0.5]
+    got = np.asarray(apply_occlusion(tf.constant(images), params, low=-0.5))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(apply_occlusion_numpy(images, params, low=-0.5), expected, atol=1e-6)
+
+
+def test_occlusion_keeps_every_other_draw_and_the_points():
+    plain, occluded = GEOMETRY_ONLY, AugmentConfig(**{**GEOMETRY_ONLY.to_dict(), "occlusion_probability": 0.5})
+    a, b = sample_parameters(plain, 7, 400), sample_parameters(occluded, 7, 400)
+    assert set(b) - set(a) == {"occlude", "occlusion_size", "occlusion_origin", "occlusion_fill"}
+    for key in a:  # a run without occlusion draws exactly what it drew before the option existed
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+    assert 0.4 < float(np.mean(b["occlude"])) < 0.6
+    sizes = np.asarray(b["occlusion_size"])
+    assert sizes.min() >= 0.15 and sizes.max() <= 0.4
+    image = np.full((4, LOOSE, LOOSE, 3), 128, np.uint8)
+    points = np.repeat(_face()[None], 4, axis=0)
+    params = sample_parameters(occluded, 3, 4)
+    params["occlude"] = tf.constant([True, True, False, False])
+    warped_plain, moved_plain = apply_augmentation(image, points, params, plain, output_size=OUT)
+    warped, moved = apply_augmentation(image, points, params, occluded, output_size=OUT)
+    np.testing.assert_array_equal(np.asarray(moved), np.asarray(moved_plain))
+    changed = np.any(np.asarray(warped) != np.asarray(warped_plain), axis=(1, 2, 3))
+    assert changed.tolist() == [True, True, False, False]
+
+
+def test_occlusion_config_checks_and_the_named_preset():
+    config = AugmentConfig.named("occlusion")
+    assert config.occlusion_probability == 0.5 and config.rotation_degrees == AugmentConfig().rotation_degrees
+    assert AugmentConfig.from_dict(config.to_dict()) == config
+    assert AugmentConfig.from_dict({k: v for k, v in AugmentConfig().to_dict().items()
+                                    if not k.startswith("occlusion")}) == AugmentConfig()  # runs recorded before it
+    with pytest.raises(ValueError, match="occlusion_probability"):
+        AugmentConfig(occlusion_probability=1.5)
+    with pytest.raises(ValueError, match="occlusion_size"):
+        AugmentConfig(occlusion_size=(0.5, 0.2))

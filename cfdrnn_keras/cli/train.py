@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from data_pipelines.augment import AUGMENT_CHOICES
+
 from ..errors import describe_os_error, read_json_object
 
 # TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on
@@ -62,10 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "0 = no validation (best.keras then follows the training NME)")
     data.add_argument("--limit", type=int, default=0,
                       help="use at most this many faces (a seeded random subset, before the split); 0 = all")
-    data.add_argument("--augment", choices=("default", "strong", "none"), default="default",
+    data.add_argument("--augment", choices=AUGMENT_CHOICES, default="default",
                       help="training augmentation: rotation, scaling, shift, mirroring, colour (default: "
-                           "data_pipelines.augment.AugmentConfig's ±15° / ±10 %%; strong: HRNet's ±30° / ±25 %%) "
-                           "or none")
+                           "data_pipelines.augment.AugmentConfig's ±15° / ±10 %%; strong: HRNet's ±30° / ±25 %%; "
+                           "occlusion: the default + one random rectangle over half the crops) or none")
     data.add_argument("--cache", choices=("memory", "none"), default="memory",
                       help="decode every photo once and keep the crops in memory, or re-read them each epoch")
 
