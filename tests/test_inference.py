@@ -286,14 +286,15 @@ def test_packaged_model_puts_the_points_on_real_sample_faces(packaged_detector, 
         errors.append(best)
     errors = np.array(errors)
     assert len(errors) == 15
-    # Bounds from the default packaged model's measurement as LandmarkDetector() runs it (its full-int8
-    # LiteRT file: four-stage average, sub-pixel peaks, flip test; docs/MODEL_CARD.md): annotated boxes
-    # mean 4.17 %, worst 7.75 %; detected boxes median 3.42 %, worst 11.8 %; with about half a point of
-    # margin on the typical photo and two to three on the worst. Issue 14: every photo below 8 % with
-    # its annotated box (the bound leaves room for the int8 rounding). An untrained network scores ~20-60 %.
+    # Bounds from the default packaged model's measurement as LandmarkDetector() runs it (`accurate`'s
+    # full-int8 LiteRT file: two networks averaged, four-stage average, sub-pixel peaks, flip test;
+    # docs/MODEL_CARD.md): annotated boxes mean 4.07 %, worst 7.88 %; detected boxes median 3.39 %, worst
+    # 12.7 %; with about half a point of margin on the typical photo and one to one and a half on the
+    # worst (room for another CPU's int8 kernels). Issue 14: every photo below 8 % with its annotated
+    # box. An untrained network scores ~20-60 %.
     if boxes == "annotated":
-        assert errors.mean() < 0.047, errors
-        assert errors.max() < 0.10, errors
+        assert errors.mean() < 0.045, errors
+        assert errors.max() < 0.09, errors
     else:
-        assert np.median(errors) < 0.045, errors
-        assert errors.max() < 0.15, errors
+        assert np.median(errors) < 0.04, errors
+        assert errors.max() < 0.14, errors
