@@ -300,7 +300,10 @@ def test_packaged_int8_file_gives_the_keras_uncertainty(packaged_detector, sampl
     _, _, (crops, _, _, _) = sample_faces
     keras_result = load_backend("accurate:keras").predict_crops(crops[:4])  # the default's own network
     ratio = sample_predictions[0].uncertainty[:4] / keras_result.uncertainty
-    assert np.median(np.abs(np.log(ratio))) < 0.03 and np.abs(np.log(ratio)).max() < 0.2  # measured: median 1 %, max 9 %
+    # Measured with today's two-network `accurate`: median 0.9 %, max 28 % (breakingbad.jpg, the turned face:
+    # int8 rounding moves its faint peaks, and the face-level term moves all 68 points at once; 1.9 px of
+    # landmark difference there); the single network of before: median 1 %, max 9 %.
+    assert np.median(np.abs(np.log(ratio))) < 0.03 and np.abs(np.log(ratio)).max() < 0.35
     np.testing.assert_allclose(sample_predictions[0].face_score[:4], keras_result.face_score, atol=0.03)
 
 
