@@ -43,16 +43,15 @@ def main(argv=None) -> int:
 
         import cfdrnn_keras.model  # noqa: F401  (registers the layers)
     from ..model.network_average import average_networks
+    from ..training.callbacks import RunFileError, model_bytes, write_bytes_atomically
 
     try:
         networks = [keras.saving.load_model(str(path), safe_mode=True) for path in paths]
         model = average_networks(networks, name=args.name)
-    except (ValueError, OSError) as error:
+        write_bytes_atomically(str(out), model_bytes(model), "averaged model")  # never half-written
+    except (ValueError, OSError, RunFileError) as error:
         print(f"average: {error}", file=sys.stderr)
         return 2
-    partial = out.with_name(out.name + ".partial.keras")
-    model.save(str(partial))
-    partial.replace(out)  # atomic: a crash never leaves a half-written model under the real name
     print(f"{out}: {len(networks)} networks averaged, {model.count_params():,} parameters, "
           f"{out.stat().st_size / 1e6:.1f} MB")
     return 0

@@ -32,10 +32,11 @@ def main(argv=None) -> int:
         print(f"compact: {target}: is the input; write to another path", file=sys.stderr)
         return 2
     from ..model.storage import store_kernels_float16
+    from ..training.callbacks import RunFileError
 
     try:
         halved = store_kernels_float16(source, target)
-    except ValueError as error:
+    except (ValueError, RunFileError) as error:
         print(f"compact: {error}", file=sys.stderr)
         return 2
     moved = _largest_move(source, target)

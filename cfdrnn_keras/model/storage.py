@@ -11,7 +11,6 @@ ours on the loading side, and `--init-weights` trains from it as from any other 
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from pathlib import Path
 
@@ -46,27 +45,26 @@ def _halve_kernels(raw: bytes) -> tuple[bytes, int]:
 
 def store_kernels_float16(source, target) -> int:
     """Write `source` (.keras) to `target` with its kernels stored as float16; returns how many
-    values were halved. Written atomically (a temporary file beside `target`, then renamed)."""
+    values were halved. Written atomically by the project's writer (`training.callbacks.
+    write_bytes_atomically`: a full disk is a one-line `RunFileError`, `target` is left as it was)."""
+    from ..training.callbacks import write_bytes_atomically
+
     source, target = Path(source), Path(target)
     try:
         with zipfile.ZipFile(source) as archive:
-            entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
+            entries = [(info.filename, archive.read(info.filename)) for info in archive.infolist()]
     except zipfile.BadZipFile:
         raise ValueError(f"{source}: not a .keras file (not a complete zip archive)") from None
-    names = [info.filename for info, _ in entries]
-    if WEIGHTS_ENTRY not in names:
+    if WEIGHTS_ENTRY not in dict(entries):
         raise ValueError(f"{source}: not a .keras file (no {WEIGHTS_ENTRY} inside)")
-    partial = target.with_name(target.name + ".partial")
     halved = 0
-    try:
-        with zipfile.ZipFile(partial, "w") as archive:
-            for info, data in entries:
-                if info.filename == WEIGHTS_ENTRY:
-                    data, halved = _halve_kernels(data)
-                archive.writestr(info.filename, data)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in entries:
+            if name == WEIGHTS_ENTRY:
+                data, halved = _halve_kernels(data)
+            archive.writestr(name, data)
+    write_bytes_atomically(str(target), buffer.getvalue(), "model")
     return halved
 
 
