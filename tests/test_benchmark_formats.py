@@ -54,3 +54,21 @@ def test_each_ensemble_is_saved_loadable_and_counted(tmp_path):
     assert gflops["plain"] < gflops["stages"] < 1.15 * gflops["plain"]
     assert facts["stages"]["params"] > facts["plain"]["params"] == facts["flip"]["params"]
     assert len({fact["gflops_training_graph"] for fact in facts.values()}) == 1
+
+
+def test_the_worker_loads_an_ensemble_file_in_a_fresh_process(tmp_path):
+    """The worker is a new process: it must register the ensemble's layers itself before loading (a
+    bare `import cfdrnn_keras` registers nothing, so the keras_fp32 row of `stages` once failed)."""
+    import subprocess
+    import sys
+
+    skip = {"keras_bf16", "saved_model", *bench.TFLITE_ROWS}
+    rows, _ = bench.prepare_preset("mobile", tmp_path, None, skip, lambda message: None, "stages")
+    script = ("import sys, numpy as np\n"
+              "from cfdrnn_keras.cli.benchmark_formats import _keras_call\n"
+              "call = _keras_call(sys.argv[1], np.full((128, 128, 3), 100, np.uint8), False)\n"
+              "print(call().shape)\n")
+    result = subprocess.run([sys.executable, "-c", script, rows[0]["path"]], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "(1, 68, 2)"

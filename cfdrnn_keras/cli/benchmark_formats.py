@@ -71,6 +71,7 @@ def _keras_call(model_path, crop, bf16: bool):
     import tensorflow as tf
 
     import cfdrnn_keras
+    import cfdrnn_keras.model  # noqa: F401  (registers the custom layers, the ensemble's among them)
     from export.saved_model import inference_model
 
     model = keras.saving.load_model(model_path, safe_mode=True)
