@@ -49,6 +49,9 @@ def test_help_documents_every_option():
         (["--init-weights", "/no/such.keras"], "/no/such.keras: initial weights not found"),
         (["--resume", "--out", "{tmp}/empty"], "no checkpoint to resume from"),
         (["--data", "{tmp}", "--split", "all"], "no faces of split 'all' found"),
+        (["--distill-from", "/no/such.keras"], "/no/such.keras: teacher not found"),
+        (["--distill-weight", "0.3"], "--distill-weight needs --distill-from"),
+        (["--distill-from", "fast", "--distill-weight", "0"], "--distill-weight must be in (0, 1]"),
     ],
 )
 def test_bad_input_gives_one_line_error_without_traceback(tmp_path, arguments, message):

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--augment", choices=AUGMENT_CHOICES, default="default",
                       help="training augmentation: rotation, scaling, shift, mirroring, colour (default: "
                            "data_pipelines.augment.AugmentConfig's ±15° / ±10 %%; strong: HRNet's ±30° / ±25 %%; "
-                           "occlusion: the default + one random rectangle over half the crops) or none")
+                           "occlusion: the default + one random rectangle over half the crops; degrade: the default + a "
+                           "Gaussian blur and JPEG compression, each in 30 %% of the crops) or none")
     data.add_argument("--cache", choices=("memory", "none"), default="memory",
                       help="decode every photo once and keep the crops in memory, or re-read them each epoch")
 
@@ -117,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "auto = revive in the first 40 %% of a run from fresh weights and report after, "
                             "only report them in one from --init-weights (reviving a trained network's "
                             "channels costs epochs: docs/TRAINING.md)")
+    optim.add_argument("--distill-from", default=None, metavar="MODEL",
+                       help="a teacher: a packaged model's name (accurate, fast) or a .keras CFDRNN of the same "
+                            "input size; its last-stage heat-maps on the same augmented crops take "
+                            "--distill-weight of every heat-map target (training.distillation, docs/TRAINING.md); "
+                            "default: no teacher")
+    optim.add_argument("--distill-weight", type=float, default=0.5,
+                       help="the teacher's share of the heat-map targets, in (0, 1] (default: 0.5, as Zhang "
+                            "et al. 2019); only with --distill-from")
     optim.add_argument("--seed", type=int, default=0, help="seeds the split, weights, shuffling and augmentation")
 
     run = parser.add_argument_group("run")
@@ -144,7 +153,7 @@ RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "c
              "input_size", "batchnorm", "init_weights",
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
              "heatmap_loss_weight", "delta_loss_weight", "delta_loss", "bn_momentum", "no_head_init",
-             "revive_dead_heatmaps",
+             "revive_dead_heatmaps", "distill_from", "distill_weight",
              "seed", "precision", "shard_policy")
 
 # What --resume refuses to change, and what it lets through (docs/TRAINING.md, "What --resume refuses").
@@ -159,7 +168,7 @@ RESUME_FIXED = {
     # the objective and the optimiser (resolved: the recipe without its epochs and learning rate)
     "recipe": "--recipe", "batch_size": "--batch-size", "weight_decay": "--weight-decay",
     "heatmap_loss_weight": "--heatmap-loss-weight", "delta_loss_weight": "--delta-loss-weight",
-    "delta_loss": "--delta-loss",
+    "delta_loss": "--delta-loss", "distill_from": "--distill-from", "distill_weight": "--distill-weight",
     "steps_per_epoch": "--steps-per-epoch",
     # numerics (compared resolved: auto may pick either)
     "precision": "--precision",
@@ -463,6 +472,7 @@ def run(args, extra_callbacks=()) -> RunResult:
         check_resume_options(args, description, run_dir)
     elif args.init_weights and not Path(args.init_weights).is_file():
         raise TrainingError(f"{args.init_weights}: initial weights not found")
+    teacher_path = teacher_file(args)
     for folder in args.data + (args.val_data or []):
         if not Path(folder).exists():
             raise TrainingError(f"{folder}: data folder not found")
@@ -520,10 +530,11 @@ def run(args, extra_callbacks=()) -> RunResult:
     set_precision(precision)
     with strategy.scope():
         try:
+            teacher = load_teacher(teacher_path) if teacher_path else None
             trainer = build_trainer(config, recipe, steps, loss_weights,
                                     init_weights=None if state else args.init_weights,
                                     head_init=not args.no_head_init, bn_momentum=args.bn_momentum,
-                                    delta_loss=args.delta_loss)
+                                    delta_loss=args.delta_loss, teacher=teacher, distill_weight=args.distill_weight)
         except (ValueError, FileNotFoundError) as error:
             raise TrainingError(str(error)) from None
         if state:
@@ -596,6 +607,38 @@ def run(args, extra_callbacks=()) -> RunResult:
         remedy = "free some space" if "no space" in str(error) else "make it writable"
         raise TrainingError(f"{error}; {remedy} and continue with --out {run_dir} --resume") from None
     return RunResult(trainer, history, run_dir)
+
+
+def teacher_file(args) -> str | None:
+    """The .keras file `--distill-from` names (a packaged model's network, or a path), checked before
+    TensorFlow loads; None without distillation."""
+    from cfdrnn_keras.runtime.packaged import PACKAGED_MODELS
+
+    if args.distill_from is None:
+        if args.distill_weight != 0.5:
+            raise TrainingError("--distill-weight needs --distill-from (a teacher)")
+        return None
+    if not 0.0 < args.distill_weight <= 1.0:
+        raise TrainingError(f"--distill-weight must be in (0, 1] (the teacher's share of the heat-map targets), "
+                            f"got {args.distill_weight:g}")
+    name = args.distill_from.removesuffix(":keras")
+    path = str(PACKAGED_MODELS[name].keras_path) if name in PACKAGED_MODELS else args.distill_from
+    if not Path(path).is_file():
+        raise TrainingError(f"{path}: teacher not found (--distill-from takes accurate, fast or a .keras file)")
+    return path
+
+
+def load_teacher(path: str):
+    """The teacher network, loaded in safe mode; TrainingError naming the file when it is not one."""
+    import keras
+
+    import cfdrnn_keras.model  # noqa: F401  (registers the custom layers)
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # noqa: BLE001  (truncated, corrupt, not Keras: one line)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise TrainingError(f"{path}: cannot be loaded as a teacher network ({first})") from None
 
 
 AUTO_REVIVAL_FRACTION = 0.4

@@ -16,6 +16,7 @@ from keras import ops
 
 from ..config import CFDRNNConfig
 from ..machine import cpu_has_bf16  # noqa: F401  (re-exported; picks the precision)
+from . import distillation
 from .dead_heatmaps import head_gamma
 from .losses import HEADS, LossWeights, cfdrnn_losses, delta_loss_function, interocular_nme, total_loss
 from ..model.network import build_cfdrnn
@@ -35,11 +36,17 @@ class CFDRNNTrainer(keras.Model):
     """
 
     def __init__(self, network: keras.Model, loss_weights: LossWeights | None = None, l2_decay: float = 0.0,
-                 stride: int = 4, delta_loss: str = "l2", **kwargs):
+                 stride: int = 4, delta_loss: str = "l2", teacher: keras.Model | None = None,
+                 distill_weight: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         delta_loss_function(delta_loss)  # an unknown name fails here, not in the first step
         self.delta_loss = delta_loss
         self.network = network
+        self._teacher = None  # distillation (training.distillation): frozen, outside Keras's tracking
+        if teacher is not None:
+            distillation.check_teacher(teacher, network)
+            self.distill_weight = distillation.check_weight(distill_weight)
+            self._teacher = distillation.freeze(teacher)
         self.loss_weights_ = loss_weights or LossWeights()
         self.l2_decay = float(l2_decay)
         self.stride = int(stride)
@@ -55,6 +62,9 @@ class CFDRNNTrainer(keras.Model):
         return self.network(inputs, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self._teacher is not None and training:  # validation compares with the ground truth only
+            maps = distillation.teacher_heatmaps(self._teacher.model, x)
+            y = distillation.distilled_targets(y, maps, self.distill_weight)
         terms = cfdrnn_losses(y, y_pred, self.stride, self.input_size, self.delta_loss)
         loss = total_loss(terms, self.loss_weights_)
         for name, tracker in self.head_trackers.items():
@@ -289,13 +299,15 @@ def scale_output_heads(network: keras.Model, config: CFDRNNConfig) -> None:
 def build_trainer(config: CFDRNNConfig, recipe: Recipe, steps_per_epoch: int,
                   loss_weights: LossWeights | None = None, init_weights: str | None = None,
                   head_init: bool = True, bn_momentum: float | None = None,
-                  delta_loss: str = "l2") -> CFDRNNTrainer:
+                  delta_loss: str = "l2", teacher: keras.Model | None = None,
+                  distill_weight: float = 0.5) -> CFDRNNTrainer:
     """Network + trainer + optimizer, compiled and built (call inside `strategy.scope()`).
 
     A fresh network gets `scale_output_heads` (unless `head_init` is False); one started from
     `init_weights` keeps them. `bn_momentum` replaces the batch norms' moving-average momentum
     (Keras: 0.99, i.e. ~300 steps before inference-mode statistics settle; lower it for runs of
-    only a few hundred steps).
+    only a few hundred steps). `teacher`: a frozen CFDRNN whose last-stage maps take
+    `distill_weight` of every heat-map target (`training.distillation`).
     """
     network = build_cfdrnn(config)
     if bn_momentum is not None:
@@ -310,7 +322,7 @@ def build_trainer(config: CFDRNNConfig, recipe: Recipe, steps_per_epoch: int,
         scale_output_heads(network, config)
     l2 = recipe.weight_decay if recipe.weight_decay_mode == "l2" else 0.0
     trainer = CFDRNNTrainer(network, loss_weights=loss_weights, l2_decay=l2, stride=config.stride,
-                            delta_loss=delta_loss)
+                            delta_loss=delta_loss, teacher=teacher, distill_weight=distill_weight)
     trainer.compile(optimizer=make_optimizer(recipe, steps_per_epoch))
     trainer.build_for_training()
     return trainer
