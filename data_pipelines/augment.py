@@ -17,6 +17,13 @@ recipes). The points stay where they are: the network learns to place covered po
 of the face. Its draws come from their own seed stream, so turning it on leaves every other draw
 (and every run made without it) exactly as it was.
 
+Degradation (off by default; `--augment degrade`): with given probabilities the crop is blurred by a
+Gaussian of random σ (defocus, motion, a webcam's optics) and then JPEG-compressed at a random quality
+(the blocks and ringing of web photos and video frames), after the occlusion, as a camera would. The
+blur is one banded matrix per axis and example (rows renormalised at the border), so the graph and
+the numpy twin compute the same thing; JPEG is TensorFlow's codec in the graph and OpenCV's in the
+twin. Its draws come from a third seed stream.
+
 Everything is stateless-random: the same seed gives the same augmentation, on any machine, in
 any tf.data parallelism. Works on a batch (B, H, W, 3) with independent parameters per example, or
 on one example (H, W, 3).
@@ -32,7 +39,8 @@ import numpy as np
 from .geometry import MIRROR_PERMUTATION_68, tf_warp
 
 
-AUGMENT_CHOICES = ("default", "strong", "occlusion", "none")
+AUGMENT_CHOICES = ("default", "strong", "occlusion", "degrade", "none")
+BLUR_RADIUS_SIGMAS = 3.0  # the blur kernel reaches 3 σ each side
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,10 @@ class AugmentConfig:
         mirror_permutation: point permutation for flips; None = DESIGN.md §3's 68-point one.
         occlusion_probability: chance of one occluding rectangle per crop (0 = never).
         occlusion_size: its width and height, each uniform in [lo, hi] × the crop side.
+        blur_probability: chance of a Gaussian blur per crop (0 = never).
+        blur_sigma: its σ in crop pixels, uniform in [lo, hi].
+        jpeg_probability: chance of JPEG compression per crop (0 = never).
+        jpeg_quality: its quality, an integer uniform in [lo, hi] (1–100).
     """
 
     rotation_degrees: float = 15.0
@@ -68,6 +80,10 @@ class AugmentConfig:
     mirror_permutation: tuple[int, ...] | None = None
     occlusion_probability: float = 0.0
     occlusion_size: tuple[float, float] = (0.15, 0.4)
+    blur_probability: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    jpeg_probability: float = 0.0
+    jpeg_quality: tuple[int, int] = (20, 70)
 
     def __post_init__(self):
         low, high = self.scale_range
@@ -85,6 +101,15 @@ class AugmentConfig:
         low, high = self.occlusion_size
         if not 0 < low <= high <= 1:
             raise ValueError(f"occlusion_size must satisfy 0 < low <= high <= 1, got {self.occlusion_size}")
+        for name in ("blur_probability", "jpeg_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        low, high = self.blur_sigma
+        if not 0 < low <= high:
+            raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+        low, high = self.jpeg_quality
+        if not (int(low) == low and int(high) == high and 1 <= low <= high <= 100):
+            raise ValueError(f"jpeg_quality must be integers with 1 <= low <= high <= 100, got {self.jpeg_quality}")
         if self.mirror_permutation is not None:
             perm = list(self.mirror_permutation)
             if sorted(perm) != list(range(len(perm))):
@@ -115,11 +140,20 @@ class AugmentConfig:
         return cls(**values)
 
     @classmethod
+    def degrade(cls, **changes) -> "AugmentConfig":
+        """The default ranges plus a Gaussian blur (σ 0.5–1.5 crop px) in 30 % of the crops and JPEG
+        compression (quality 20–70) in 30 % (issue 14's blur-and-JPEG ablation)."""
+        values = dict(blur_probability=0.3, jpeg_probability=0.3)
+        values.update(changes)
+        return cls(**values)
+
+    @classmethod
     def named(cls, name: str) -> "AugmentConfig":
-        """The augmentation `--augment NAME` asks for: default, strong, occlusion or none."""
+        """The augmentation `--augment NAME` asks for: default, strong, occlusion, degrade or none."""
         if name not in AUGMENT_CHOICES:
             raise ValueError(f"augment must be one of {', '.join(AUGMENT_CHOICES)}, got {name!r}")
-        return {"default": cls, "strong": cls.strong, "occlusion": cls.occlusion, "none": cls.none}[name]()
+        return {"default": cls, "strong": cls.strong, "occlusion": cls.occlusion, "degrade": cls.degrade,
+                "none": cls.none}[name]()
 
     def permutation(self, num_points: int) -> tuple[int, ...]:
         perm = self.mirror_permutation
@@ -145,8 +179,9 @@ class AugmentConfig:
             values["scale_range"] = tuple(values["scale_range"])
         if values.get("mirror_permutation") is not None:
             values["mirror_permutation"] = tuple(values["mirror_permutation"])
-        if "occlusion_size" in values:
-            values["occlusion_size"] = tuple(values["occlusion_size"])
+        for key in ("occlusion_size", "blur_sigma", "jpeg_quality"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
 
@@ -197,6 +232,15 @@ def sample_parameters(config: AugmentConfig, seed, batch_size) -> dict:
         lo, hi = config.occlusion_size
         params.update(occlude=extra(0, 0.0, 1.0) < config.occlusion_probability, occlusion_size=extra(1, lo, hi, [2]),
                       occlusion_origin=extra(2, 0.0, 1.0, [2]), occlusion_fill=extra(3, 0.0, 1.0, [3]))
+    if config.blur_probability > 0 or config.jpeg_probability > 0:  # a third stream, for the same reason
+        more = tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(_seed_pair(seed, config), 2), 4)
+        draw = lambda index, lo, hi: tf.random.stateless_uniform(shape, more[index], lo, hi, tf.float32)  # noqa: E731
+        quality_low, quality_high = config.jpeg_quality
+        params.update(blur=draw(0, 0.0, 1.0) < config.blur_probability, blur_sigma=draw(1, *config.blur_sigma),
+                      jpeg=draw(2, 0.0, 1.0) < config.jpeg_probability,
+                      jpeg_quality=tf.random.stateless_uniform(shape, more[3], int(quality_low), int(quality_high) + 1,
+                                                               tf.int32))
     return params
 
 
@@ -221,6 +265,43 @@ def apply_occlusion(images, params: dict, *, low: float = 0.0):
     masks = _occlusion_masks(tnp, params, int(images.shape[1]))
     fill = tf.cast(params["occlusion_fill"], images.dtype) + low
     return tf.where(masks[..., None], fill[:, None, None, :], images)
+
+
+def blur_matrices(xp, sigma, blur, size: int, max_sigma: float):
+    """(B, S, S) row-stochastic matrices M with M[i, j] = Gaussian weight of pixel j in output pixel i
+    (σ per example, reaching `BLUR_RADIUS_SIGMAS`·`max_sigma` pixels, rows renormalised at the
+    border); the identity where `blur` is False. `xp` is numpy or tf.experimental.numpy, so the
+    graph and the numpy twin share it."""
+    radius = max(1, int(math.ceil(BLUR_RADIUS_SIGMAS * max_sigma)))
+    index = xp.arange(size, dtype="float32")
+    distance = index[None, :, None] - index[None, None, :]  # (1, S, S)
+    sigma = xp.reshape(xp.asarray(sigma, dtype="float32"), (-1, 1, 1))
+    weights = xp.exp(-0.5 * xp.square(distance / sigma)) * xp.asarray(xp.abs(distance) <= radius, dtype="float32")
+    weights = weights / xp.sum(weights, axis=-1, keepdims=True)
+    identity = xp.asarray(xp.abs(distance) < 0.5, dtype="float32")
+    return xp.where(xp.reshape(xp.asarray(blur), (-1, 1, 1)), weights, identity)
+
+
+def apply_blur(images, params: dict, config: AugmentConfig):
+    """Blur each selected crop (B, S, S, 3): one matrix product per axis."""
+    import tensorflow as tf
+    import tensorflow.experimental.numpy as tnp
+
+    matrices = blur_matrices(tnp, params["blur_sigma"], params["blur"], int(images.shape[1]), config.blur_sigma[1])
+    matrices = tf.cast(matrices, images.dtype)
+    return tf.einsum("bij,bjkc,blk->bilc", matrices, images, matrices)
+
+
+def apply_jpeg(images, params: dict, *, low: float = 0.0):
+    """JPEG-compress each selected crop at its quality (TensorFlow's codec; images in [low, low + 1])."""
+    import tensorflow as tf
+
+    def one(example):
+        image, compress, quality = example
+        return tf.cond(compress, lambda: tf.image.adjust_jpeg_quality(image - low, quality) + low, lambda: image)
+
+    return tf.map_fn(one, (images, params["jpeg"], params["jpeg_quality"]),
+                     fn_output_signature=tf.TensorSpec(images.shape[1:], images.dtype))
 
 
 def augmentation_matrices(params: dict, input_height, input_width, output_size: int, base_scale: float = 1.0):
@@ -316,6 +397,10 @@ def apply_augmentation(images, points, params: dict, config: AugmentConfig, *, o
         warped = tf.clip_by_value(warped * (1.0 / scale) + low, low, low + 1.0)
     if config.occlusion_probability > 0:
         warped = apply_occlusion(warped, params, low=low)
+    if config.blur_probability > 0:
+        warped = apply_blur(warped, params, config)
+    if config.jpeg_probability > 0:
+        warped = apply_jpeg(warped, params, low=low)
     return warped, moved
 
 
@@ -364,7 +449,32 @@ def sample_parameters_numpy(config: AugmentConfig, rng: np.random.Generator, bat
         params.update(occlude=rng.uniform(0.0, 1.0, size) < config.occlusion_probability,
                       occlusion_size=rng.uniform(lo, hi, (batch_size, 2)), occlusion_origin=rng.uniform(0.0, 1.0, (batch_size, 2)),
                       occlusion_fill=rng.uniform(0.0, 1.0, (batch_size, 3)))
+    if config.blur_probability > 0 or config.jpeg_probability > 0:
+        quality_low, quality_high = config.jpeg_quality
+        params.update(blur=rng.uniform(0.0, 1.0, size) < config.blur_probability,
+                      blur_sigma=rng.uniform(*config.blur_sigma, size),
+                      jpeg=rng.uniform(0.0, 1.0, size) < config.jpeg_probability,
+                      jpeg_quality=rng.integers(int(quality_low), int(quality_high) + 1, size))
     return params
+
+
+def apply_blur_numpy(images: np.ndarray, params: dict, config: AugmentConfig) -> np.ndarray:
+    """numpy twin of `apply_blur`."""
+    matrices = blur_matrices(np, params["blur_sigma"], params["blur"], images.shape[1], config.blur_sigma[1])
+    return np.einsum("bij,bjkc,blk->bilc", matrices.astype(np.float32), images.astype(np.float32),
+                     matrices.astype(np.float32))
+
+
+def apply_jpeg_numpy(images: np.ndarray, params: dict, *, low: float = 0.0) -> np.ndarray:
+    """numpy/OpenCV twin of `apply_jpeg` (OpenCV's libjpeg: the same format, not the same bits)."""
+    import cv2
+
+    out = np.array(images, np.float32, copy=True)
+    for index in np.flatnonzero(params["jpeg"]):
+        pixels = np.clip(np.round((out[index] - low) * 255.0), 0, 255).astype(np.uint8)
+        ok, data = cv2.imencode(".jpg", pixels[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(params["jpeg_quality"][index])])
+        out[index] = cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0 + low
+    return out
 
 
 def apply_occlusion_numpy(images: np.ndarray, params: dict, *, low: float = 0.0) -> np.ndarray:
@@ -438,4 +548,8 @@ def augment_numpy(images: np.ndarray, points: np.ndarray, config: AugmentConfig,
         warped = np.clip(warped / scale + low, low, low + 1.0)
     if config.occlusion_probability > 0:
         warped = apply_occlusion_numpy(warped.astype(np.float32), params, low=low)
+    if config.blur_probability > 0:
+        warped = apply_blur_numpy(warped, params, config)
+    if config.jpeg_probability > 0:
+        warped = apply_jpeg_numpy(warped, params, low=low)
     return warped.astype(np.float32), moved.astype(np.float32)

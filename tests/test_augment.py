@@ -305,3 +305,81 @@ def test_occlusion_config_checks_and_the_named_preset():
         AugmentConfig(occlusion_probability=1.5)
     with pytest.raises(ValueError, match="occlusion_size"):
         AugmentConfig(occlusion_size=(0.5, 0.2))
+
+
+def test_blur_by_hand_and_its_numpy_twin():
+    from data_pipelines.augment import apply_blur, apply_blur_numpy
+
+    config = AugmentConfig.degrade()
+    size, sigma = 24, 1.2
+    images = np.zeros((3, size, size, 3), np.float32)
+    images[0, 10, 13] = 1.0  # a dot well inside: the blur is the outer product of two 1-D Gaussians
+    images[1] = 0.25  # a flat crop stays flat, border rows included (weights renormalised there)
+    images[2, 10, 13] = 1.0  # not selected: unchanged
+    params = {"blur": np.array([True, True, False]), "blur_sigma": np.array([sigma, 0.7, 1.0], np.float32)}
+    radius = math.ceil(3 * config.blur_sigma[1])
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    expected = np.zeros((size, size))
+    expected[10 - radius:10 + radius + 1, 13 - radius:13 + radius + 1] = np.outer(taps, taps)
+    got = np.asarray(apply_blur(tf.constant(images), params, config))
+    np.testing.assert_allclose(got[0, ..., 1], expected, atol=1e-6)
+    np.testing.assert_allclose(got[1], 0.25, atol=1e-6)
+    np.testing.assert_array_equal(got[2], images[2])
+    np.testing.assert_allclose(apply_blur_numpy(images, params, config), got, atol=1e-6)
+
+
+def test_jpeg_compresses_the_selected_crops_and_its_numpy_twin_agrees():
+    from data_pipelines.augment import apply_jpeg, apply_jpeg_numpy
+
+    ys, xs = np.mgrid[0:64, 0:64].astype(np.float32)
+    texture = 0.5 + 0.4 * np.sin(xs / 2.0) * np.cos(ys / 3.0)  # fine detail that JPEG must lose
+    image = np.stack([texture, texture[::-1], 0.5 + 0.0 * texture], axis=-1) - 0.5
+    images = np.repeat(image[None], 3, axis=0).astype(np.float32)
+    params = {"jpeg": np.array([True, True, False]), "jpeg_quality": np.array([15, 90, 50], np.int32)}
+    got = np.asarray(apply_jpeg(tf.constant(images), params, low=-0.5))
+    error = np.abs(got - images).mean(axis=(1, 2, 3))
+    assert error[0] > error[1] > 0.001 and error[0] < 0.1  # lower quality, larger error; still the image
+    np.testing.assert_array_equal(got[2], images[2])
+    twin = apply_jpeg_numpy(images, params, low=-0.5)
+    assert np.abs(twin - got).mean() < 0.01  # another libjpeg build: the same format, not the same bits
+    np.testing.assert_array_equal(twin[2], images[2])
+
+
+def test_degradation_keeps_every_other_draw_and_the_points():
+    plain = GEOMETRY_ONLY
+    degraded = AugmentConfig(**{**GEOMETRY_ONLY.to_dict(), "blur_probability": 0.3, "jpeg_probability": 0.3})
+    a, b = sample_parameters(plain, 7, 400), sample_parameters(degraded, 7, 400)
+    assert set(b) - set(a) == {"blur", "blur_sigma", "jpeg", "jpeg_quality"}
+    for key in a:
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+    assert 0.2 < float(np.mean(b["blur"])) < 0.4 and 0.2 < float(np.mean(b["jpeg"])) < 0.4
+    quality = np.asarray(b["jpeg_quality"])
+    assert quality.min() == 20 and quality.max() == 70  # both ends drawn, integers
+    image = np.random.default_rng(0).integers(0, 256, (4, LOOSE, LOOSE, 3)).astype(np.uint8)
+    points = np.repeat(_face()[None], 4, axis=0)
+    params = sample_parameters(degraded, 3, 4)
+    params["blur"], params["jpeg"] = tf.constant([True, False, False, False]), tf.constant([False, True, False, False])
+    warped_plain, moved_plain = apply_augmentation(image, points, params, plain, output_size=OUT)
+    warped, moved = apply_augmentation(image, points, params, degraded, output_size=OUT)
+    np.testing.assert_array_equal(np.asarray(moved), np.asarray(moved_plain))
+    changed = np.any(np.abs(np.asarray(warped) - np.asarray(warped_plain)) > 1e-6, axis=(1, 2, 3))
+    assert changed.tolist() == [True, True, False, False]
+
+
+def test_degradation_config_checks_and_the_named_preset():
+    config = AugmentConfig.named("degrade")
+    assert (config.blur_probability, config.jpeg_probability) == (0.3, 0.3)
+    assert config.occlusion_probability == 0 and config.rotation_degrees == AugmentConfig().rotation_degrees
+    assert AugmentConfig.from_dict(config.to_dict()) == config
+    new_fields = ("blur_probability", "blur_sigma", "jpeg_probability", "jpeg_quality")
+    assert AugmentConfig.from_dict({k: v for k, v in AugmentConfig().to_dict().items()
+                                    if k not in new_fields}) == AugmentConfig()  # runs recorded before them
+    with pytest.raises(ValueError, match="blur_probability"):
+        AugmentConfig(blur_probability=-0.1)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        AugmentConfig(blur_sigma=(0.0, 1.0))
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        AugmentConfig(jpeg_quality=(50, 120))
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        AugmentConfig(jpeg_quality=(20.5, 70))
