@@ -197,3 +197,35 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     assert "--learning-rate" in stop.message and "--resume" in stop.message
     state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
     assert state["epoch"] == 1 and state["iterations"] == 2  # the diverged epoch 2 was not saved
+
+
+def test_a_scheduled_offset_weight_follows_half_a_cosine_of_the_step_count():
+    """--delta-loss-weight-end: the loss at step t is the constant-weight loss with the offset weight
+    w(t) = w0 + (w1 − w0)·(1 − cos(π t / T))/2, computed here by hand from the per-head terms."""
+    from cfdrnn_keras.training.losses import cfdrnn_losses, total_loss
+
+    keras.utils.set_random_seed(3)
+    network = build_cfdrnn(TINY)
+    start, end, steps = LossWeights.parse(1.0, 0.05), (0.5, 0.5, 0.5, 0.25), 40
+    trainer = CFDRNNTrainer(network, loss_weights=start, delta_weight_end=end, schedule_steps=steps)
+    trainer.compile(optimizer=keras.optimizers.Adam())
+    trainer.build_for_training()
+    rng = np.random.default_rng(4)
+    image = rng.uniform(-0.5, 0.5, (2, 64, 64, 3)).astype(np.float32)
+    y = {f"heatmaps_{j}": rng.uniform(0, 1, (2, 16, 16, 68)).astype(np.float32) for j in range(1, 5)}
+    y["landmarks"] = rng.uniform(0.3, 0.7, (2, 68, 2)).astype(np.float32)
+    y_pred = network(image, training=False)
+    terms = {k: float(v) for k, v in cfdrnn_losses(y, y_pred, 4, 64).items()}
+    for step in (0, 10, 20, 40, 55):
+        trainer.optimizer.iterations.assign(step)
+        ramp = 0.5 * (1 - math.cos(math.pi * min(step / steps, 1.0)))
+        weights = [0.05 + (e - 0.05) * ramp for e in end]
+        expected = sum(terms[f"heatmaps_{j}"] for j in range(1, 5)) + sum(
+            w * terms[f"delta_{j}"] for j, w in enumerate(weights, 1))
+        assert float(trainer.compute_loss(image, y, y_pred)) == pytest.approx(expected, rel=1e-5), step
+    assert float(total_loss(cfdrnn_losses(y, y_pred, 4, 64), LossWeights((1,) * 4, end))) == pytest.approx(
+        float(trainer.compute_loss(image, y, y_pred)), rel=1e-5)  # past the end it stays at the end
+    with pytest.raises(ValueError, match="non-negative"):
+        CFDRNNTrainer(network, delta_weight_end=(0.5, -1, 0.5, 0.5), schedule_steps=10)
+    with pytest.raises(ValueError, match="schedule_steps"):
+        CFDRNNTrainer(network, delta_weight_end=(0.5,) * 4)

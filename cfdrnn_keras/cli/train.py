@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--delta-loss-weight", default=None,
                        help="weight of the offset L2 terms: one number, or four comma-separated (ΔL1..ΔL4); "
                             "default: the recipe's (paper 1, practical 0.05)")
+    optim.add_argument("--delta-loss-weight-end", default=None,
+                       help="schedule the offset weight: from --delta-loss-weight at the first step to this at "
+                            "the last, by half a cosine (one number or four); default: constant")
     optim.add_argument("--delta-loss", choices=("l2", "l1", "wing"), default="l2",
                        help="the offset (Δ) loss on the error in heat-map pixels: l2 (squared, the paper's), l1 "
                             "(the distance) or wing (Feng et al. 2018, w 2.5, ε 0.5 heat-map px); docs/TRAINING.md")
@@ -153,7 +156,7 @@ RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "c
              "input_size", "batchnorm", "init_weights",
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
              "heatmap_loss_weight", "delta_loss_weight", "delta_loss", "bn_momentum", "no_head_init",
-             "revive_dead_heatmaps", "distill_from", "distill_weight",
+             "revive_dead_heatmaps", "distill_from", "distill_weight", "delta_loss_weight_end",
              "seed", "precision", "shard_policy")
 
 # What --resume refuses to change, and what it lets through (docs/TRAINING.md, "What --resume refuses").
@@ -168,7 +171,7 @@ RESUME_FIXED = {
     # the objective and the optimiser (resolved: the recipe without its epochs and learning rate)
     "recipe": "--recipe", "batch_size": "--batch-size", "weight_decay": "--weight-decay",
     "heatmap_loss_weight": "--heatmap-loss-weight", "delta_loss_weight": "--delta-loss-weight",
-    "delta_loss": "--delta-loss", "distill_from": "--distill-from", "distill_weight": "--distill-weight",
+    "delta_loss": "--delta-loss", "delta_loss_weight_end": "--delta-loss-weight-end", "distill_from": "--distill-from", "distill_weight": "--distill-weight",
     "steps_per_epoch": "--steps-per-epoch",
     # numerics (compared resolved: auto may pick either)
     "precision": "--precision",
@@ -506,6 +509,8 @@ def run(args, extra_callbacks=()) -> RunResult:
         loss_weights = LossWeights.parse(
             recipe.heatmap_loss_weight if args.heatmap_loss_weight is None else args.heatmap_loss_weight,
             recipe.delta_loss_weight if args.delta_loss_weight is None else args.delta_loss_weight)
+        delta_weight_end = (None if args.delta_loss_weight_end is None
+                            else LossWeights.parse(1.0, args.delta_loss_weight_end).deltas)
         precision = resolve_precision(args.precision)
     except ValueError as error:
         raise TrainingError(str(error)) from None
@@ -534,7 +539,8 @@ def run(args, extra_callbacks=()) -> RunResult:
             trainer = build_trainer(config, recipe, steps, loss_weights,
                                     init_weights=None if state else args.init_weights,
                                     head_init=not args.no_head_init, bn_momentum=args.bn_momentum,
-                                    delta_loss=args.delta_loss, teacher=teacher, distill_weight=args.distill_weight)
+                                    delta_loss=args.delta_loss, teacher=teacher, distill_weight=args.distill_weight,
+                                    delta_weight_end=delta_weight_end)
         except (ValueError, FileNotFoundError) as error:
             raise TrainingError(str(error)) from None
         if state:

@@ -8,6 +8,7 @@ wraps the plain functional network and overrides `compute_loss`, so `fit`, `eval
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -37,7 +38,8 @@ class CFDRNNTrainer(keras.Model):
 
     def __init__(self, network: keras.Model, loss_weights: LossWeights | None = None, l2_decay: float = 0.0,
                  stride: int = 4, delta_loss: str = "l2", teacher: keras.Model | None = None,
-                 distill_weight: float = 0.5, **kwargs):
+                 distill_weight: float = 0.5, delta_weight_end: tuple | None = None, schedule_steps: int = 0,
+                 **kwargs):
         super().__init__(**kwargs)
         delta_loss_function(delta_loss)  # an unknown name fails here, not in the first step
         self.delta_loss = delta_loss
@@ -55,6 +57,18 @@ class CFDRNNTrainer(keras.Model):
         for name, tracker in self.head_trackers.items():
             setattr(self, f"_{name}_tracker", tracker)  # attribute assignment makes Keras track it
         self.nme_tracker = keras.metrics.Mean(name="nme")
+        # The offset heads' weight over training (None: constant): from `loss_weights.deltas` at step 0
+        # to `delta_weight_end` at `schedule_steps`, by half a cosine of the optimizer's step count, so a
+        # resumed run continues the schedule with no state of its own.
+        self.delta_weight_end = None
+        if delta_weight_end is not None:
+            end = tuple(float(v) for v in delta_weight_end)
+            if len(end) != 4 or any(v < 0 for v in end):
+                raise ValueError(f"the final offset loss weights must be 4 non-negative numbers, got {end}")
+            if schedule_steps < 1:
+                raise ValueError("a scheduled offset loss weight needs the run's number of steps (schedule_steps)")
+            self.delta_weight_end, self.schedule_steps = end, int(schedule_steps)
+            self.delta_weight_tracker = keras.metrics.Mean(name="delta_weight")
         self.l2_tracker = keras.metrics.Mean(name="l2_loss") if self.l2_decay > 0 else None
         self._decayed_kernels = [w for w in network.trainable_weights if w.path.endswith("kernel")]
 
@@ -66,7 +80,10 @@ class CFDRNNTrainer(keras.Model):
             maps = distillation.teacher_heatmaps(self._teacher.model, x)
             y = distillation.distilled_targets(y, maps, self.distill_weight)
         terms = cfdrnn_losses(y, y_pred, self.stride, self.input_size, self.delta_loss)
-        loss = total_loss(terms, self.loss_weights_)
+        if self.delta_weight_end is None:
+            loss = total_loss(terms, self.loss_weights_)
+        else:
+            loss = self._scheduled_total(terms)
         for name, tracker in self.head_trackers.items():
             tracker.update_state(terms[name])
         self.nme_tracker.update_state(interocular_nme(y["landmarks"], y_pred["landmarks"]))
@@ -78,6 +95,21 @@ class CFDRNNTrainer(keras.Model):
             loss = loss + ops.sum(ops.cast(extra, "float32"))
         # Gradients are summed over replicas: each replica's loss carries 1 / replicas.
         return keras.src.losses.loss.scale_loss_for_distribution(loss)
+
+    def delta_weights_now(self):
+        """(4,) the offset heads' weights at the optimizer's current step (the scheduled case)."""
+        progress = ops.minimum(ops.cast(self.optimizer.iterations, "float32") / float(self.schedule_steps), 1.0)
+        ramp = 0.5 * (1.0 - ops.cos(math.pi * progress))
+        start = ops.convert_to_tensor(self.loss_weights_.deltas, "float32")
+        end = ops.convert_to_tensor(self.delta_weight_end, "float32")
+        return start + (end - start) * ramp
+
+    def _scheduled_total(self, terms):
+        weights = self.delta_weights_now()
+        self.delta_weight_tracker.update_state(ops.mean(weights))
+        heatmaps = total_loss(terms, LossWeights(self.loss_weights_.heatmaps, (0.0,) * 4))
+        used = [j for j in range(4) if self.loss_weights_.deltas[j] or self.delta_weight_end[j]]
+        return heatmaps + sum(weights[j] * terms[f"delta_{j + 1}"] for j in used)
 
     def train_step(self, data):
         return self._vector_logs_for_multi_worker(super().train_step(data))
@@ -300,14 +332,16 @@ def build_trainer(config: CFDRNNConfig, recipe: Recipe, steps_per_epoch: int,
                   loss_weights: LossWeights | None = None, init_weights: str | None = None,
                   head_init: bool = True, bn_momentum: float | None = None,
                   delta_loss: str = "l2", teacher: keras.Model | None = None,
-                  distill_weight: float = 0.5) -> CFDRNNTrainer:
+                  distill_weight: float = 0.5, delta_weight_end: tuple | None = None) -> CFDRNNTrainer:
     """Network + trainer + optimizer, compiled and built (call inside `strategy.scope()`).
 
     A fresh network gets `scale_output_heads` (unless `head_init` is False); one started from
     `init_weights` keeps them. `bn_momentum` replaces the batch norms' moving-average momentum
     (Keras: 0.99, i.e. ~300 steps before inference-mode statistics settle; lower it for runs of
     only a few hundred steps). `teacher`: a frozen CFDRNN whose last-stage maps take
-    `distill_weight` of every heat-map target (`training.distillation`).
+    `distill_weight` of every heat-map target (`training.distillation`). `delta_weight_end`: the
+    offset heads' weights at the end of `recipe.epochs`, reached from `loss_weights.deltas` by half a
+    cosine (None: constant).
     """
     network = build_cfdrnn(config)
     if bn_momentum is not None:
@@ -322,7 +356,8 @@ def build_trainer(config: CFDRNNConfig, recipe: Recipe, steps_per_epoch: int,
         scale_output_heads(network, config)
     l2 = recipe.weight_decay if recipe.weight_decay_mode == "l2" else 0.0
     trainer = CFDRNNTrainer(network, loss_weights=loss_weights, l2_decay=l2, stride=config.stride,
-                            delta_loss=delta_loss, teacher=teacher, distill_weight=distill_weight)
+                            delta_loss=delta_loss, teacher=teacher, distill_weight=distill_weight,
+                            delta_weight_end=delta_weight_end, schedule_steps=recipe.epochs * steps_per_epoch)
     trainer.compile(optimizer=make_optimizer(recipe, steps_per_epoch))
     trainer.build_for_training()
     return trainer
