@@ -49,9 +49,6 @@ def test_help_documents_every_option():
         (["--init-weights", "/no/such.keras"], "/no/such.keras: initial weights not found"),
         (["--resume", "--out", "{tmp}/empty"], "no checkpoint to resume from"),
         (["--data", "{tmp}", "--split", "all"], "no faces of split 'all' found"),
-        (["--distill-from", "/no/such.keras"], "/no/such.keras: teacher not found"),
-        (["--distill-weight", "0.3"], "--distill-weight needs --distill-from"),
-        (["--distill-from", "fast", "--distill-weight", "0"], "--distill-weight must be in (0, 1]"),
     ],
 )
 def test_bad_input_gives_one_line_error_without_traceback(tmp_path, arguments, message):
@@ -94,6 +91,22 @@ class _Snapshot(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 0:
             self.after_epoch_1 = self._values()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--distill-from", "/no/such.keras"], "/no/such.keras: teacher not found"),
+    (["--distill-weight", "0.3"], "--distill-weight needs --distill-from"),
+    (["--distill-from", "fast", "--distill-weight", "0"], "--distill-weight must be in (0, 1]"),
+    (["--delta-loss-weight-end", "0.5,x"], "--delta-loss-weight-end must be one non-negative number or four"),
+])
+def test_bad_teacher_and_schedule_options_give_one_line_in_process(tmp_path, capsys, arguments, message):
+    """The same one-line contract as above, in process (a subprocess costs 10 s of imports each)."""
+    data = tmp_path / "faces"
+    data.mkdir()
+    status = _load_tool().main([*arguments, "--data", str(data), "--out", str(tmp_path / "run")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("train.py: error:") and message in lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.slow

@@ -476,6 +476,7 @@ def run(args, extra_callbacks=()) -> RunResult:
     elif args.init_weights and not Path(args.init_weights).is_file():
         raise TrainingError(f"{args.init_weights}: initial weights not found")
     teacher_path = teacher_file(args)
+    delta_weight_end = final_delta_weights(args)
     for folder in args.data + (args.val_data or []):
         if not Path(folder).exists():
             raise TrainingError(f"{folder}: data folder not found")
@@ -509,8 +510,6 @@ def run(args, extra_callbacks=()) -> RunResult:
         loss_weights = LossWeights.parse(
             recipe.heatmap_loss_weight if args.heatmap_loss_weight is None else args.heatmap_loss_weight,
             recipe.delta_loss_weight if args.delta_loss_weight is None else args.delta_loss_weight)
-        delta_weight_end = (None if args.delta_loss_weight_end is None
-                            else LossWeights.parse(1.0, args.delta_loss_weight_end).deltas)
         precision = resolve_precision(args.precision)
     except ValueError as error:
         raise TrainingError(str(error)) from None
@@ -632,6 +631,23 @@ def teacher_file(args) -> str | None:
     if not Path(path).is_file():
         raise TrainingError(f"{path}: teacher not found (--distill-from takes accurate, fast or a .keras file)")
     return path
+
+
+def final_delta_weights(args) -> tuple | None:
+    """`--delta-loss-weight-end` as four weights (one number is all four), checked before TensorFlow loads."""
+    text = args.delta_loss_weight_end
+    if text is None:
+        return None
+    try:
+        values = [float(part) for part in str(text).split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 4
+    if len(values) != 4 or any(not v >= 0 for v in values):
+        raise TrainingError(f"--delta-loss-weight-end must be one non-negative number or four, comma-separated; "
+                            f"got {text!r}")
+    return tuple(values)
 
 
 def load_teacher(path: str):
