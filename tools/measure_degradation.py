@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from _validation import add_split_arguments, crop_nme, validation_crops  # noqa: I001  (tools/ leaves the path in _front)
 import _front  # noqa: F401  (puts the checkout, not tools/, on the import path)
 
 DEGRADATIONS = ("clean", "blur σ1", "blur σ2", "jpeg q30", "jpeg q10", "blur σ1 + jpeg q30")
@@ -24,10 +25,7 @@ DEGRADATIONS = ("clean", "blur σ1", "blur σ2", "jpeg q30", "jpeg q10", "blur �
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="a packaged model's name or a model path (default: the default)")
-    parser.add_argument("--data", default=None, help="the training faces' folder (default: ../shared/data/300w)")
-    parser.add_argument("--seed", type=int, default=0, help="the split's seed (default: 0)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="the split's fraction (default: 0.1)")
+    add_split_arguments(parser)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures here (default: none)")
     return parser.parse_args(argv)
 
@@ -55,22 +53,11 @@ def main(argv=None) -> int:
     from cfdrnn_keras import quiet
 
     quiet.quiet_mode()
-    import numpy as np
-
-    from cfdrnn_keras.cli.fit_uncertainty import face_crops, validation_faces
-    from cfdrnn_keras.cli.train import default_data_dir
-    from cfdrnn_keras.runtime.landmarker import LandmarkDetector
-
-    args.data, args.held_out = args.data or default_data_dir(), None
-    faces, _ = validation_faces(args)
-    detector = LandmarkDetector(model=args.model, detector=lambda image: [])
-    size = detector.input_size
-    crops, truth, scales, iods = face_crops(faces, size)
+    detector, faces, crops, truth, scales, iods = validation_crops(args)
     results = {}
     for name in DEGRADATIONS:
         prediction = detector.predict_crops(crops if name == "clean" else degrade(crops, name))
-        errors = np.linalg.norm(np.asarray(prediction.landmarks) * size - truth, axis=-1)
-        results[name] = 100 * float((errors.mean(1) / scales / iods).mean())
+        results[name] = crop_nme(prediction, truth, scales, iods, detector.input_size)
     print(f"{detector.model_name}, {len(faces)} validation faces, inter-ocular NME (%)")
     print(" | ".join(DEGRADATIONS))
     print(" | ".join(f"{results[name]:.3f}" for name in DEGRADATIONS))

@@ -19,15 +19,13 @@ import argparse
 import statistics
 import sys
 
+from _validation import add_split_arguments, crop_nme, validation_crops  # noqa: I001  (tools/ leaves the path in _front)
 import _front  # noqa: F401  (puts the checkout, not tools/, on the import path)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="a packaged model's name or a model path (default: the default)")
-    parser.add_argument("--data", default=None, help="the training faces' folder (default: ../shared/data/300w)")
-    parser.add_argument("--seed", type=int, default=0, help="the split's seed (default: 0)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="the split's fraction (default: 0.1)")
+    add_split_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -44,19 +42,12 @@ def main(argv=None) -> int:
     quiet.quiet_mode()
     import numpy as np
 
-    from cfdrnn_keras.cli.fit_uncertainty import face_crops, validation_faces
-    from cfdrnn_keras.cli.train import default_data_dir
-    from cfdrnn_keras.runtime.landmarker import LandmarkDetector
     from data_pipelines.geometry import face_box_from_points
     from data_pipelines.images import read_image
     from data_pipelines.pts import read_pts
 
-    args.data, args.held_out = args.data or default_data_dir(), None
-    faces, _ = validation_faces(args)
-    detector = LandmarkDetector(model=args.model, detector=lambda image: [])
+    detector, faces, crops, truth, scales, iods = validation_crops(args)
     size = detector.input_size
-
-    crops, truth, scales, iods = face_crops(faces, size)
     covered = crops.copy()
     for crop, points in zip(covered, truth):
         x0, y0 = np.floor(points[48:].min(0) - 10).astype(int)
@@ -65,8 +56,7 @@ def main(argv=None) -> int:
     plain, patched = detector.predict_crops(crops), detector.predict_crops(covered)
 
     def nme(prediction, points=slice(None)):  # inter-ocular NME in %, over the given points
-        errors = np.linalg.norm(np.asarray(prediction.landmarks) * size - truth, axis=-1)[:, points]
-        return 100 * float((errors.mean(1) / scales / iods).mean())
+        return crop_nme(prediction, truth, scales, iods, size, points)
 
     print(f"{detector.model_name}, {len(faces)} validation faces")
     print(f"NME without / with the grey patch over the mouth: all points {nme(plain):.2f} / {nme(patched):.2f} %, "
