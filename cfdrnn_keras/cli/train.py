@@ -655,12 +655,12 @@ def load_teacher(path: str):
     import keras
 
     import cfdrnn_keras.model  # noqa: F401  (registers the custom layers)
+    from cfdrnn_keras.errors import one_line
 
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # noqa: BLE001  (truncated, corrupt, not Keras: one line)
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise TrainingError(f"{path}: cannot be loaded as a teacher network ({first})") from None
+        raise TrainingError(f"{path}: cannot be loaded as a teacher network ({one_line(error)[:200]})") from None
 
 
 AUTO_REVIVAL_FRACTION = 0.4
