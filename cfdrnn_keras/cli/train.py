@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the teacher's share of the heat-map targets, in (0, 1] (default: 0.5, as Zhang "
                             "et al. 2019); only with --distill-from")
     optim.add_argument("--seed", type=int, default=0, help="seeds the split, weights, shuffling and augmentation")
+    optim.add_argument("--split-seed", type=int, default=None,
+                       help="seeds only which faces --limit and --val-fraction take (default: --seed): another "
+                            "--seed with the same --split-seed trains a different network on the same split, "
+                            "e.g. an independent ensemble member")
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", default=None, metavar="RUN_DIR",
@@ -157,14 +161,14 @@ RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "c
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
              "heatmap_loss_weight", "delta_loss_weight", "delta_loss", "bn_momentum", "no_head_init",
              "revive_dead_heatmaps", "distill_from", "distill_weight", "delta_loss_weight_end",
-             "seed", "precision", "shard_policy")
+             "seed", "split_seed", "precision", "shard_policy")
 
 # What --resume refuses to change, and what it lets through (docs/TRAINING.md, "What --resume refuses").
 # Every option is in exactly one of the three groups (tests/test_train_run_folder.py checks it).
 RESUME_FIXED = {
     # the faces and the order they come in: the split, the validation set and the training stream
     "data": "--data", "split": "--split", "val_data": "--val-data", "val_fraction": "--val-fraction",
-    "limit": "--limit", "seed": "--seed", "augment": "--augment", "shard_policy": "--shard-policy",
+    "limit": "--limit", "seed": "--seed", "split_seed": "--split-seed", "augment": "--augment", "shard_policy": "--shard-policy",
     # the network (compared as the resolved model configuration, see MODEL_OPTIONS)
     "preset": "--preset", "width": "--width", "input_size": "--input-size", "batchnorm": "--batchnorm",
     "bn_momentum": "--bn-momentum", "no_head_init": "--no-head-init", "init_weights": "--init-weights",
@@ -393,7 +397,8 @@ def select_faces(args):
         found = find_faces(args.data, check=False)
         hint = (f" ({len(found)} faces found in other parts; --split all takes every face)" if found else "")
         raise TrainingError(f"no faces of split {args.split!r} found under {' '.join(args.data)}{hint}")
-    rng = random.Random(args.seed)
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    rng = random.Random(split_seed)
     if args.limit and args.limit < len(faces):
         faces = sorted(rng.sample(faces, args.limit), key=lambda face: face.pts_path)
     if args.val_data:
@@ -411,7 +416,7 @@ def select_faces(args):
     if count >= len(faces):
         raise TrainingError(f"only {len(faces)} faces: too few to hold out {args.val_fraction:.0%} for validation")
     order = list(range(len(faces)))
-    random.Random(args.seed + 1).shuffle(order)
+    random.Random(split_seed + 1).shuffle(order)
     held = set(order[:count])
     return ([f for i, f in enumerate(faces) if i not in held], [f for i, f in enumerate(faces) if i in held])
 
