@@ -52,9 +52,10 @@ def test_table_has_one_line_per_row_with_its_input_and_ratio():
 
 
 def test_worker_times_training_on_synthetic_and_real_faces(shared_data):
-    """A tiny network, in this process: both inputs give a steady-state time from the batches asked for."""
+    """A tiny network, in this process: both inputs give a steady-state time from the batches asked for
+    (the paper recipe's SGD traces in a third of AdamW's time; the recipe does not change what is timed)."""
     common = {"preset": "mobile", "precision": "fp32", "batchnorm": "keras", "onednn": "default", "batch_size": 2,
-              "batches": 2, "warmup_batches": 1, "forward_runs": 1, "recipe": "practical", "width": 1 / 16,
+              "batches": 2, "warmup_batches": 1, "forward_runs": 1, "recipe": "paper", "width": 1 / 16,
               "input_size": 64}
     synthetic = bench.run_worker({**common, "input": "synthetic"})
     real = bench.run_worker({**common, "input": "real", "data": [str(shared_data / "300w")], "faces": 6})
