@@ -109,7 +109,6 @@ def test_bad_teacher_and_schedule_options_give_one_line_in_process(tmp_path, cap
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-
 def test_split_seed_keeps_the_split_while_seed_changes_it(shared_data):
     """--split-seed alone decides the held-out faces: seed 1 with split seed 0 validates on seed 0's faces."""
     tool = _load_tool()
@@ -124,6 +123,7 @@ def test_split_seed_keeps_the_split_while_seed_changes_it(shared_data):
     assert split("--seed", "1", "--split-seed", "0") == seed0
     assert split("--seed", "0", "--split-seed", "1") == split("--seed", "1")
     assert split("--seed", "1")[1] != seed0[1]
+
 
 @pytest.mark.slow
 def test_run_files_and_resume_after_a_kill_match_an_uninterrupted_run(shared_data, tmp_path):
