@@ -320,7 +320,16 @@ def _streamed_crops(faces, crop_size, crop_margin, num_points, *, shuffle, seed,
     if repeat:
         indices = indices.repeat()
     crops = indices.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE)
-    return crops.filter(lambda image, points, ok: ok).map(lambda image, points, ok: (image, points))
+    return crops.filter(_loaded).map(_without_flag)
+
+
+def _loaded(image, points, ok):
+    """Keep the crops that loaded (named functions: AutoGraph cannot parse two lambdas on one line)."""
+    return ok
+
+
+def _without_flag(image, points, ok):
+    return image, points
 
 
 # ----------------------------------------------------------------------------------------------
