@@ -2,7 +2,7 @@
 
 In fp32 the two layers are the same function, so their whole-network gradients must agree almost
 exactly; in bf16 both are rounded, and the fused layer must be no farther from the fp32 reference
-than Keras's own layer (the check behind docs/TRAINING.md's "the seed, not the layer").
+than Keras's own layer (the check behind docs/TRAINING.md's "Fused or Keras batch norm, separated").
 """
 import importlib.util
 import math

@@ -1,6 +1,6 @@
 """Is the fused batch norm as good a training layer as Keras's? Its gradients against Keras's, and both
 against an fp32 reference, on real faces, with the same weights (docs/TRAINING.md, "Fused or Keras
-batch norm: the seed, not the layer").
+batch norm, separated").
 
 One training-mode pass of the whole CFDRNN network (dropout off, so every pass sees the same
 network) and its loss's gradient with respect to every trainable weight, for four arms: Keras's
