@@ -342,6 +342,8 @@ def test_cli_report_has_exactly_the_documented_shape(tmp_path, shared_data, tiny
     second.write_text(json.dumps({**report, "model": "other"}))
     assert main(["--compare", str(out), str(second), "--plots", str(tmp_path / "compare")]) == 0
     assert sorted(p.name for p in (tmp_path / "compare").iterdir()) == ["ced_compare_afw.png", "ced_compare_all.png"]
+    paired_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| second: other |"))
+    assert "| 5 |" in paired_row and "| +0.000 | +0.000 … +0.000 | 0 % | 0 |" in paired_row  # a copy: no difference
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -81,7 +81,7 @@ def compare(args) -> int:
     from cfdrnn_keras.evaluation import EvaluationError, load_report, markdown_table, report_members, report_missed
     from cfdrnn_keras.plots import plot_compare
 
-    runs = {}
+    runs, reports = {}, {}
     for path in args.compare:
         try:
             report = load_report(path)
@@ -91,12 +91,30 @@ def compare(args) -> int:
         model = str(report["model"])
         short = Path(model).name if Path(model).suffix.lower() in (".keras", ".tflite") else model
         label = f"{Path(path).stem}: {short}"
-        runs[label] = report_members(report)
+        runs[label], reports[label] = report_members(report), report
         print(f"\n### {label}\n\n{markdown_table(report['subsets'], report_missed(report))}")
+    if len(reports) > 1 and not print_paired_differences(reports):
+        return 2
     written = plot_compare(runs, args.plots or "plots")
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def print_paired_differences(reports: dict) -> bool:
+    """Each later report against the first, face by face, with a paired bootstrap interval (False: an error)."""
+    from cfdrnn_keras import paired_comparison as paired
+
+    (baseline_label, baseline), *others = reports.items()
+    try:
+        rows = {label: paired.paired_difference(baseline, report) for label, report in others}
+    except paired.ComparisonError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    print(f"\n### Paired against {baseline_label} (inter-ocular NME %, B − A over the faces both scored; "
+          f"{paired.DEFAULT_RESAMPLES} bootstrap resamples of those faces)\n")
+    print(paired.markdown_table("the first", rows))
+    return True
 
 
 def held_out_faces(split_path) -> list[str]:
