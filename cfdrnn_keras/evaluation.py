@@ -191,9 +191,14 @@ def load_model(path=None, ensemble=None, trust_model: bool = False):
     from .runtime.backends import ModelLoadError, check_keras_file, load_backend, one_line
 
     resolved, name = packaged.resolve(path)
+    if isinstance(resolved, packaged.PackagedModel):  # NAME:keras: its float networks, as its LiteRT file runs
+        try:
+            backend = load_backend(name, ensemble)  # its networks averaged where it has several
+        except ModelLoadError as error:
+            raise EvaluationError(str(error)) from None
+        backend.model.cfdrnn_ensemble = backend.ensemble  # how it runs, for the report
+        return backend.model, name
     path = Path(resolved)
-    if name is not None and ensemble is None and path.suffix.lower() == ".keras":
-        ensemble = packaged.packaged_model(packaged.packaged_name(name)).ensemble  # as its LiteRT file runs
     label = name or str(path)
     if not path.exists():
         if name is not None:

@@ -29,12 +29,13 @@ EXTRA_FORMATS = (WEB,)
 FILE_NAMES = {SAVED_MODEL: "saved_model", **{fmt: f"cfdrnn_{fmt[len('tflite_'):]}.tflite" for fmt in TFLITE_FORMATS}}
 
 
-def default_model_path(name: str | None = None) -> Path:
-    """The float `.keras` network of a packaged model (None: the default one), which exports start
-    from; `cfdrnn_keras.runtime.packaged` is the one place that names the files."""
+def default_model_files(name: str | None = None) -> tuple[Path, ...]:
+    """The float `.keras` networks of a packaged model (None: the default one), which exports start
+    from (several are averaged when loaded: `cfdrnn_keras.model.loading`);
+    `cfdrnn_keras.runtime.packaged` is the one place that names the files."""
     from cfdrnn_keras.runtime.packaged import packaged_model
 
-    return packaged_model(name).keras_path
+    return packaged_model(name).network_paths
 
 
 def default_calibration_root() -> Path | None:

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from cfdrnn_keras import build_cfdrnn, get_preset
-from export import FILE_NAMES, TFLITE_FORMATS, default_model_path
+from export import FILE_NAMES, TFLITE_FORMATS, default_model_files
 from export.saved_model import inference_model
 from export.tflite import (
     TFLiteLandmarks,
@@ -151,7 +151,7 @@ def test_int8_costs_at_most_three_tenths_of_a_point_of_nme(shared_data, tmp_path
     `fast`'s one network: the bound is about what quantisation does to a network, and the two-network
     `accurate` (twice the conversion time) has its own LiteRT-against-Keras check in
     test_packaged_models.py."""
-    model_path = default_model_path("fast")
+    (model_path,) = default_model_files("fast")
     if not model_path.exists():
         pytest.skip(f"needs the trained packaged model {model_path}: an untrained network's int8 NME is noise")
     import cfdrnn_keras.model  # noqa: F401

@@ -16,7 +16,7 @@ ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
 @pytest.mark.parametrize("name", sorted(packaged.PACKAGED_MODELS))
 def test_each_packaged_model_loads_by_name_and_by_path(name):
     model = packaged.PACKAGED_MODELS[name]
-    assert model.tflite_path.is_file() and model.keras_path.is_file()
+    assert model.missing_files() == []
     by_name, by_path = load_backend(name), load_backend(model.tflite_path)
     crop = np.random.default_rng(0).integers(0, 256, (1, by_name.input_size, by_name.input_size, 3), np.uint8)
     np.testing.assert_array_equal(by_name.predict_crops(crop)[0], by_path.predict_crops(crop)[0])
@@ -36,16 +36,11 @@ def test_the_named_models_are_different_networks():
     """Issue 14: `accurate` is two networks averaged (`network_average`), `fast` one; `fast`'s network
     is one of the two, the other is a different network (trained apart: no weight in common)."""
     pytest.importorskip("keras")
-    import keras
-
-    import cfdrnn_keras.model  # noqa: F401  (registers the layers)
     from cfdrnn_keras.model.ensemble import member_suffixes
+    from cfdrnn_keras.model.loading import load_network
     from cfdrnn_keras.model.network_average import members_of
 
-    def load(name):
-        return keras.saving.load_model(packaged.PACKAGED_MODELS[name].keras_path, safe_mode=True)
-
-    accurate, fast = load("accurate"), load("fast")
+    accurate, fast = load_network("accurate"), load_network("fast")
     assert member_suffixes(accurate) == ["", "_m2"] and member_suffixes(fast) == [""]
     assert accurate.count_params() == 2 * fast.count_params()
     first, second = (member.get_weights() for member in members_of(accurate))

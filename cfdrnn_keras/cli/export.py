@@ -28,7 +28,7 @@ import numpy as np
 
 from cfdrnn_keras.errors import one_line
 from export import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS, FORMATS, WEB,  # noqa: E402  (no TF yet)
-                    default_calibration_root, default_model_path, parse_formats)
+                    default_calibration_root, default_model_files, parse_formats)
 
 
 def parse_args(argv=None):
@@ -82,11 +82,13 @@ def main(argv=None) -> int:
     from cfdrnn_keras.runtime import packaged
 
     named = packaged.packaged_name(args.model)  # None: a path
-    model_path = default_model_path(named) if named else Path(args.model)
-    if not model_path.exists():
-        hint = "" if args.model else " (no packaged model in this checkout: pass --model PATH)"
-        print(f"export: {model_path}: model file not found{hint}", file=sys.stderr)
-        return 2
+    model_files = default_model_files(named) if named else (Path(args.model),)
+    for model_path in model_files:
+        if not model_path.exists():
+            hint = "" if args.model else " (no packaged model in this checkout: pass --model PATH)"
+            print(f"export: {model_path}: model file not found{hint}", file=sys.stderr)
+            return 2
+    model_source = named or model_files[0]  # what cfdrnn_keras.model.loading loads
     default_options = packaged.packaged_model(named).ensemble if named else None  # as its LiteRT file runs
     web_model = None
     if web and "tflite_int8_full" not in formats:  # the page packs the packaged model's LiteRT file
@@ -111,23 +113,21 @@ def main(argv=None) -> int:
         print(f"export: {calibration_root}: calibration data folder not found", file=sys.stderr)
         return 2
 
-    import keras
-
-    import cfdrnn_keras.model  # noqa: F401  (registers the custom layers)
-    from cfdrnn_keras.model import ensemble as ensembles
+    from cfdrnn_keras.model import ensemble as ensembles  # imports Keras and registers the custom layers
+    from cfdrnn_keras.model import loading
+    from cfdrnn_keras.model.uncertainty import read_calibration
     from export import export_model, manifest_table
     from export.saved_model import crop_size_of
     from export.tflite import face_crops
 
     try:
-        model = keras.saving.load_model(model_path, safe_mode=True)
+        model = loading.load_network(model_source)  # a packaged model's networks averaged where it has several
         options = ensembles.options_from_args(args) or default_options or ensembles.EnsembleOptions()
-        from cfdrnn_keras.model.uncertainty import load_calibration
-
-        # issue 17: the uncertainty / face-score calibration beside the .keras file, when there is one
-        model = ensembles.for_inference(model, options, uncertainty=load_calibration(model_path, options))
+        # issue 17: the model's uncertainty / face-score calibration (beside a .keras file), when there is one
+        calibration_entry = read_calibration(loading.calibration_file(model_source), options)
+        model = ensembles.for_inference(model, options, uncertainty=calibration_entry)
     except Exception as error:  # a corrupt or foreign file: one line, no traceback
-        print(f"export: {model_path}: cannot load the model: {one_line(error)}", file=sys.stderr)
+        print(f"export: {loading.describe(model_source)}: cannot load the model: {one_line(error)}", file=sys.stderr)
         return 2
 
     calibration = comparison = truth = None
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
 
     manifest = export_model(
         model, args.out, formats, calibration_crops=calibration, comparison_crops=comparison, comparison_points=truth,
-        log=lambda line: print(line, file=sys.stderr), model_source=str(model_path), ensemble=options.to_dict(),
+        log=lambda line: print(line, file=sys.stderr), model_source=loading.describe(model_source), ensemble=options.to_dict(),
         max_image_pixels=args.max_image_pixels, max_request_pixels=args.max_request_pixels,
     )
     print(manifest_table(manifest))

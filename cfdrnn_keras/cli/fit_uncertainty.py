@@ -24,7 +24,6 @@ no part in the fit: their annotated faces, and face-sized boxes off every face.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import sys
@@ -56,11 +55,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def model_file(spec: str) -> Path:
+def model_files(spec: str) -> tuple[Path, ...]:
+    """The .keras files a --model spec names: a packaged model's networks (several for an averaged
+    model, `cfdrnn_keras.model.loading`), or the path itself."""
     from ..runtime import packaged
 
     name = packaged.packaged_name(spec)
-    return packaged.packaged_model(name).keras_path if name else Path(spec)
+    return packaged.packaged_model(name).network_paths if name else (Path(spec),)
 
 
 def validation_faces(args):
@@ -198,10 +199,10 @@ def main(argv=None) -> int:
     from export import default_calibration_root
 
     args.data = args.data or default_calibration_root()
-    path = model_file(args.model)
-    if not path.is_file() or path.suffix.lower() != ".keras":
-        print(f"fit_uncertainty: {path}: not a .keras file", file=sys.stderr)
-        return 2
+    for path in model_files(args.model):
+        if not path.is_file() or path.suffix.lower() != ".keras":
+            print(f"fit_uncertainty: {path}: not a .keras file", file=sys.stderr)
+            return 2
     if not args.data or not Path(args.data).is_dir():
         print("fit_uncertainty: no 300-W training folder (pass --data DIR)", file=sys.stderr)
         return 2
@@ -216,16 +217,16 @@ def main(argv=None) -> int:
 
     from ..quiet import native_stderr_silenced
 
-    with native_stderr_silenced():
-        import keras
-
-        import cfdrnn_keras.model  # noqa: F401  (registers the layers)
+    with native_stderr_silenced():  # Keras imports TensorFlow, which prints its start-up lines
+        from ..model import loading  # registers the layers
     from ..ensemble_options import EnsembleOptions
     from ..model import uncertainty as unc
     from ..model.ensemble import build_test_time_model
+    from ..runtime import packaged
 
     started = time.time()
-    network = keras.saving.load_model(str(path), safe_mode=True)
+    source = packaged.packaged_name(args.model) or args.model  # a packaged model's networks averaged, or the file
+    network = loading.load_network(source)
     size = int(network.inputs[0].shape[1])
     validation, training = validation_faces(args)
     crops, truth, scales, iods = face_crops(validation, size)
@@ -244,8 +245,8 @@ def main(argv=None) -> int:
         samples = (face_crops(sample_faces, size), sample_off)
 
     folds = np.array_split(np.random.default_rng(0).permutation(len(crops)), 2)
-    result = {"format": unc.FORMAT, "model": path.name,
-              "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    result = {"format": unc.FORMAT, "model": Path(loading.describe(source)).name,
+              "model_sha256": loading.network_sha256(source),
               "fitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "method": "log u_k = a_k + b1 log p_k + b2 mean_j log p_j (p: heat-map peak); exponential "
                         "likelihood (IRLS); face_score = sigmoid(w . [mean log p, mean log mirror gap] + c)",
@@ -301,7 +302,7 @@ def main(argv=None) -> int:
             line += (f" | samples: Spearman {k['spearman']:.3f} AUROC {k['auroc_off_008']:.3f} fifths "
                      + " ".join(f"{r:.2f}" for r in k["fifth_ratios"]) + f" face_score AUROC {k['face_score_auroc']:.4f}")
         print(line)
-    out_path = Path(args.out) if args.out else unc.calibration_path(path)
+    out_path = Path(args.out) if args.out else loading.calibration_file(source)
     if out_path.is_file() and args.ensembles != ",".join(ENSEMBLE_KEYS):  # keep the other ensembles' entries
         previous = json.loads(out_path.read_text())
         if previous.get("model_sha256") == result["model_sha256"]:

@@ -620,8 +620,8 @@ def run(args, extra_callbacks=()) -> RunResult:
 
 
 def teacher_file(args) -> str | None:
-    """The .keras file `--distill-from` names (a packaged model's network, or a path), checked before
-    TensorFlow loads; None without distillation."""
+    """What `--distill-from` names, a packaged model (its networks, averaged where it has several) or
+    a .keras path, with its files checked before TensorFlow loads; None without distillation."""
     from cfdrnn_keras.runtime.packaged import PACKAGED_MODELS
 
     if args.distill_from is None:
@@ -632,10 +632,11 @@ def teacher_file(args) -> str | None:
         raise TrainingError(f"--distill-weight must be in (0, 1] (the teacher's share of the heat-map targets), "
                             f"got {args.distill_weight:g}")
     name = args.distill_from.removesuffix(":keras")
-    path = str(PACKAGED_MODELS[name].keras_path) if name in PACKAGED_MODELS else args.distill_from
-    if not Path(path).is_file():
-        raise TrainingError(f"{path}: teacher not found (--distill-from takes accurate, fast or a .keras file)")
-    return path
+    files = PACKAGED_MODELS[name].network_paths if name in PACKAGED_MODELS else (Path(args.distill_from),)
+    for path in files:
+        if not path.is_file():
+            raise TrainingError(f"{path}: teacher not found (--distill-from takes accurate, fast or a .keras file)")
+    return name if name in PACKAGED_MODELS else args.distill_from
 
 
 def final_delta_weights(args) -> tuple | None:
@@ -655,17 +656,16 @@ def final_delta_weights(args) -> tuple | None:
     return tuple(values)
 
 
-def load_teacher(path: str):
-    """The teacher network, loaded in safe mode; TrainingError naming the file when it is not one."""
-    import keras
-
-    import cfdrnn_keras.model  # noqa: F401  (registers the custom layers)
+def load_teacher(source: str):
+    """The teacher network (a packaged model's name or a .keras path), loaded in safe mode;
+    TrainingError naming the file when it is not one."""
     from cfdrnn_keras.errors import one_line
+    from cfdrnn_keras.model import loading
 
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        return loading.load_network(source, compile=False)
     except Exception as error:  # noqa: BLE001  (truncated, corrupt, not Keras: one line)
-        raise TrainingError(f"{path}: cannot be loaded as a teacher network ({one_line(error)[:200]})") from None
+        raise TrainingError(f"{source}: cannot be loaded as a teacher network ({one_line(error)[:200]})") from None
 
 
 AUTO_REVIVAL_FRACTION = 0.4

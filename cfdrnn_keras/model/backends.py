@@ -16,8 +16,10 @@ class KerasBackend:
     ensemble: how the network runs (`cfdrnn_keras.model.ensemble`); None = `EnsembleOptions()`, the flip
     test and the four-stage average, for a CFDRNN graph, and its own `landmarks` output for any other
     model (one without `heatmaps_j` / `delta_j` outputs, e.g. one already wrapped).
-    uncertainty: the per-point uncertainty calibration (issue 17): None = the one beside a `.keras`
-    file (`NAME.uncertainty.json`, `cfdrnn_keras.model.uncertainty`) for the ensemble it runs, if
+    model: a keras.Model, or a source `cfdrnn_keras.model.loading` loads (a `.keras` path, a packaged
+    model's name or `PackagedModel`: its networks averaged when it has several).
+    uncertainty: the per-point uncertainty calibration (issue 17): None = the source's own (beside a
+    `.keras` file, `NAME.uncertainty.json`; a packaged model's file) for the ensemble it runs, if
     there is one; a calibration entry (dict); or False for none.
     """
 
@@ -25,15 +27,18 @@ class KerasBackend:
         import keras
 
         from . import ensemble as ensembles
-        from .uncertainty import load_calibration
+        from ..runtime.packaged import PackagedModel
+        from . import loading
+        from .uncertainty import read_calibration
 
-        model_path = str(model) if isinstance(model, (str, Path)) else ""
-        if model_path:
-            model = keras.saving.load_model(str(model), safe_mode=True)
+        source = model if isinstance(model, (str, Path, PackagedModel)) else None
+        model_path = loading.describe(source) if source is not None else ""
+        if source is not None:
+            model = loading.load_network(source)
         if ensemble is None:
             ensemble = ensembles.default_options(model)
-        if uncertainty is None and model_path and ensembles.stage_count(model):
-            uncertainty = load_calibration(model_path, ensemble)
+        if uncertainty is None and source is not None and ensembles.stage_count(model):
+            uncertainty = read_calibration(loading.calibration_file(source), ensemble)
         try:
             model = ensembles.for_inference(model, ensemble, uncertainty=uncertainty or None)
         except ValueError as error:

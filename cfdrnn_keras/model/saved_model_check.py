@@ -219,18 +219,17 @@ def derive_allowlists(out=None) -> dict:
     union of their ops as the two constants above. Needs the `export` package of the checkout."""
     import tempfile
 
-    import keras
-
-    from export import default_model_path
+    from export import default_model_files
     from export.saved_model import export_saved_model
     from export.tflite import write_crops_saved_model
 
     from .. import build_cfdrnn, get_preset
+    from ..runtime.packaged import DEFAULT_MODEL
+    from .loading import load_network
 
     networks = {}
-    packaged = default_model_path()
-    if packaged.exists():
-        networks["packaged"] = keras.saving.load_model(packaged, safe_mode=True)
+    if all(path.exists() for path in default_model_files()):
+        networks["packaged"] = load_network(DEFAULT_MODEL)
     for preset in ("paper", "lite", "mobile"):
         config = get_preset(preset).replace(width=0.0625, input_size=64)
         networks[f"tiny-{preset}"] = build_cfdrnn(config)

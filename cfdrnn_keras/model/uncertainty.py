@@ -57,7 +57,12 @@ def calibration_path(model_path) -> Path:
 
 def load_calibration(model_path, options) -> dict | None:
     """The calibration entry for `options` of the `.keras` file at `model_path` (None if none)."""
-    path = calibration_path(model_path)
+    return read_calibration(calibration_path(model_path), options)
+
+
+def read_calibration(path, options) -> dict | None:
+    """The entry for `options` in the calibration file at `path` (None if there is none)."""
+    path = Path(path)
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
@@ -221,4 +226,5 @@ from ..uncertainty_metrics import auroc, fifth_ratios, spearman, uncertainty_sum
 
 __all__ = ["CALIBRATION_SUFFIX", "POINT_FEATURES", "PointUncertainty", "auroc", "calibration_path", "ensemble_key",
            "face_score_numpy", "fifth_ratios", "fit_face_score", "fit_point_calibration", "load_calibration",
+           "read_calibration",
            "predict_point", "spearman", "uncertainty_summary"]

@@ -233,6 +233,22 @@ def check_keras_file(path) -> None:
         raise ModelLoadError(f"{path}: corrupt .keras file: {damaged} inside it fails its checksum")
 
 
+def packaged_keras_backend(model: packaged.PackagedModel, ensemble=None):
+    """A packaged model's float networks in Keras (`NAME:keras`), with its ensemble unless another is
+    asked for and its own calibration; ModelLoadError (one line) where a file is missing or broken."""
+    for path in model.network_paths:
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: the packaged model '{model.name}:keras' is missing from this install "
+                                 "(reinstall cfdrnn-keras)")
+        check_keras_file(path)
+    try:
+        return _model_side().KerasBackend(model, model.ensemble if ensemble is None else ensemble)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # a corrupt or foreign file: one line, not a traceback
+        raise ModelLoadError(f"{model.name}:keras: cannot load the model: {one_line(error)}") from None
+
+
 def load_backend(model=None, ensemble=None, threads: int | None = None, trust_model: bool = False):
     """A backend for a packaged model's name (None: the default), a path (.tflite file, .keras file,
     SavedModel directory), a Keras model, or an object that already has `predict_crops`. Problems
@@ -248,14 +264,14 @@ def load_backend(model=None, ensemble=None, threads: int | None = None, trust_mo
     if hasattr(model, "predict_crops"):
         return model
     model, name = packaged.resolve(model)
+    if isinstance(model, packaged.PackagedModel):  # NAME:keras: its float networks, run as its LiteRT file runs
+        return packaged_keras_backend(model, ensemble)
     if not isinstance(model, (str, Path)):
         if type(model).__module__.startswith("keras"):
             return _model_side().KerasBackend(model, ensemble)
         raise ModelLoadError(f"cannot use a {type(model).__name__} as a model: pass a name "
                              f"({', '.join(packaged.PACKAGED_MODELS)}), a path or a keras.Model")
     path = Path(model)
-    if name is not None and ensemble is None and path.suffix.lower() == ".keras":
-        ensemble = packaged.packaged_model(packaged.packaged_name(name)).ensemble  # as its LiteRT file runs
     if not path.exists():
         if name is not None:
             raise ModelLoadError(f"{path}: the packaged model {name!r} is missing from this install "
@@ -285,4 +301,5 @@ def load_backend(model=None, ensemble=None, threads: int | None = None, trust_mo
 
 
 __all__ = ["CropPrediction", "ModelLoadError", "TFLiteBackend", "as_crop_prediction", "check_keras_file", "default_threads", "litert_interpreter", "load_backend",
+           "packaged_keras_backend",
            "make_interpreter", "one_line"]
