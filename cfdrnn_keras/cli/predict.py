@@ -193,8 +193,11 @@ def write_json(path, content) -> None:
         return
     import tempfile
 
+    from ..file_mode import match_plain_open
+
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        match_plain_open(handle, path)  # readable as a plain open() would leave it, not mkstemp's 0600
         with os.fdopen(handle, "w") as stream:
             json.dump(content, stream)
         os.replace(temporary, path)

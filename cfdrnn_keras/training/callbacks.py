@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from ..errors import describe_os_error, read_json_object  # noqa: F401  (describe_os_error: re-exported)
+from ..file_mode import match_plain_open
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -56,6 +57,7 @@ def write_bytes_atomically(path: str, data: bytes, what: str = "file") -> None:
             raise OSError(errno.ENOSPC, f"needs {len(data) / 1e6:.1f} MB, {free / 1e6:.1f} MB free")
         handle, temporary = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix="-" + os.path.basename(path),
                                              dir=directory)
+        match_plain_open(handle, path)  # readable as a plain open() would leave it, not mkstemp's 0600
         with os.fdopen(handle, "wb") as stream:
             view = memoryview(data)
             while view:
