@@ -39,7 +39,7 @@ def calibration_file(source) -> Path:
 
 
 def describe(source) -> str:
-    """A label for messages and manifests: `accurate (cfdrnn_mobile.keras + cfdrnn_mobile_2.keras)` or the path."""
+    """A label for messages and manifests: `accurate (cfdrnn_mobile.keras + cfdrnn_mobile_w035.keras)` or the path."""
     model = packaged_source(source)
     return f"{model.name} ({' + '.join(model.networks)})" if model else str(source)
 
