@@ -31,11 +31,10 @@ FILE_NAMES = {SAVED_MODEL: "saved_model", **{fmt: f"cfdrnn_{fmt[len('tflite_'):]
 
 def default_model_files(name: str | None = None) -> tuple[Path, ...]:
     """The float `.keras` networks of a packaged model (None: the default one), which exports start
-    from (several are averaged when loaded: `cfdrnn_keras.model.loading`);
-    `cfdrnn_keras.runtime.packaged` is the one place that names the files."""
-    from cfdrnn_keras.runtime.packaged import packaged_model
+    from (several are averaged when loaded: `cfdrnn_keras.model.loading`)."""
+    from cfdrnn_keras.runtime.packaged import network_files, packaged_model
 
-    return packaged_model(name).network_paths
+    return network_files(packaged_model(name).name)
 
 
 def default_calibration_root() -> Path | None:

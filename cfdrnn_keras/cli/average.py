@@ -22,9 +22,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .fit_uncertainty import model_files
+    from ..runtime.packaged import network_files
 
-    paths = [path for spec in args.members for path in model_files(spec)]  # a packaged model brings all its networks
+    paths = [path for spec in args.members for path in network_files(spec)]  # a packaged model brings all its networks
     out = Path(args.out)
     for path in paths:
         if not path.is_file() or path.suffix.lower() != ".keras":

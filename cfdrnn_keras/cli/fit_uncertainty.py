@@ -55,15 +55,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def model_files(spec: str) -> tuple[Path, ...]:
-    """The .keras files a --model spec names: a packaged model's networks (several for an averaged
-    model, `cfdrnn_keras.model.loading`), or the path itself."""
-    from ..runtime import packaged
-
-    name = packaged.packaged_name(spec)
-    return packaged.packaged_model(name).network_paths if name else (Path(spec),)
-
-
 def validation_faces(args):
     """The held-out faces, as cli/train.py's select_faces makes them (or as a split.json lists them)."""
     from data_pipelines.discovery import find_faces, load_split
@@ -199,7 +190,9 @@ def main(argv=None) -> int:
     from export import default_calibration_root
 
     args.data = args.data or default_calibration_root()
-    for path in model_files(args.model):
+    from ..runtime.packaged import network_files
+
+    for path in network_files(args.model):
         if not path.is_file() or path.suffix.lower() != ".keras":
             print(f"fit_uncertainty: {path}: not a .keras file", file=sys.stderr)
             return 2

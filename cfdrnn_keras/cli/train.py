@@ -622,7 +622,7 @@ def run(args, extra_callbacks=()) -> RunResult:
 def teacher_file(args) -> str | None:
     """What `--distill-from` names, a packaged model (its networks, averaged where it has several) or
     a .keras path, with its files checked before TensorFlow loads; None without distillation."""
-    from cfdrnn_keras.runtime.packaged import PACKAGED_MODELS
+    from cfdrnn_keras.runtime.packaged import PACKAGED_MODELS, network_files
 
     if args.distill_from is None:
         if args.distill_weight != 0.5:
@@ -632,8 +632,7 @@ def teacher_file(args) -> str | None:
         raise TrainingError(f"--distill-weight must be in (0, 1] (the teacher's share of the heat-map targets), "
                             f"got {args.distill_weight:g}")
     name = args.distill_from.removesuffix(":keras")
-    files = PACKAGED_MODELS[name].network_paths if name in PACKAGED_MODELS else (Path(args.distill_from),)
-    for path in files:
+    for path in network_files(args.distill_from):
         if not path.is_file():
             raise TrainingError(f"{path}: teacher not found (--distill-from takes accurate, fast or a .keras file)")
     return name if name in PACKAGED_MODELS else args.distill_from

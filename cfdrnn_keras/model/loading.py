@@ -28,7 +28,7 @@ def packaged_source(source) -> packaged.PackagedModel | None:
 def network_files(source) -> tuple[Path, ...]:
     """The `.keras` files a source loads from: a packaged model's networks in member order, or the path."""
     model = packaged_source(source)
-    return model.network_paths if model else (Path(source),)
+    return model.network_paths if model else packaged.network_files(source)
 
 
 def calibration_file(source) -> Path:

@@ -106,6 +106,13 @@ def packaged_name(spec) -> str | None:
     return None
 
 
+def network_files(spec) -> tuple[Path, ...]:
+    """The `.keras` files a model spec names: a packaged model's networks in member order (`NAME` or
+    `NAME:keras`), or the path itself. No Keras needed, so commands check them before TensorFlow loads."""
+    name = packaged_name(spec) if isinstance(spec, str) else None
+    return packaged_model(name).network_paths if name else (Path(spec),)
+
+
 def resolve(spec) -> tuple[object, str | None]:
     """(what to load, packaged name or None) for a model spec: None → the default's LiteRT file,
     `NAME` → its LiteRT file, `NAME:keras` → the `PackagedModel` itself (its float networks and
@@ -128,4 +135,4 @@ def describe() -> str:
 
 
 __all__ = ["ASSETS", "DEFAULT_MODEL", "KERAS_SUFFIX", "PACKAGED_MODELS", "PackagedModel", "describe",
-           "packaged_model", "packaged_name", "resolve"]
+           "network_files", "packaged_model", "packaged_name", "resolve"]
