@@ -12,6 +12,9 @@ import json
 from dataclasses import dataclass
 
 
+HEATMAP_ACTIVATIONS = ("relu", "linear")
+
+
 @dataclass(frozen=True)
 class CFDRNNConfig:
     """Shape and regularisation of a CFDRNN network.
@@ -28,6 +31,10 @@ class CFDRNNConfig:
         heatmap_sigma: Gaussian σ of the target heat-maps in heat-map pixels (paper Eq. 5: 1.3).
         fused_batchnorm: use the fused TensorFlow batch-norm kernel where the backend allows
             (same weights and semantics as Keras's layer; about twice as fast to train on CPU).
+        heatmap_activation: what ends each heat-map head (conv 1×1 → batch norm → ?): "relu", the
+            paper's, or "linear", as HRNet's heads end. A ReLU head can die on some faces and not
+            others (the map is then zero and its point's offset target jumps by the whole crop);
+            a linear head always passes a gradient (docs/TRAINING.md, "Linear heat-map heads").
     """
 
     input_size: int = 256
@@ -38,6 +45,7 @@ class CFDRNNConfig:
     dropout: float = 0.5
     heatmap_sigma: float = 1.3
     fused_batchnorm: bool = True
+    heatmap_activation: str = "relu"
 
     def __post_init__(self):
         if self.input_size <= 0 or self.input_size % (self.stride * 16):
@@ -55,6 +63,9 @@ class CFDRNNConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.heatmap_sigma <= 0:
             raise ValueError(f"heatmap_sigma must be positive, got {self.heatmap_sigma}")
+        if self.heatmap_activation not in HEATMAP_ACTIVATIONS:
+            raise ValueError(f"heatmap_activation must be one of {', '.join(HEATMAP_ACTIVATIONS)}, "
+                             f"got {self.heatmap_activation!r}")
 
     @property
     def heatmap_size(self) -> int:

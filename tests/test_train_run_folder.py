@@ -128,6 +128,7 @@ def test_every_option_is_deliberately_fixed_or_free_on_resume():
     (["--input-size", "128"], "the network's input size (--input-size)", "64", "128"),
     (["--width", "0.125"], "the network's width multiplier (--width)", "0.0625", "0.125"),
     (["--batchnorm", "keras"], "the network's batch-norm layer (--batchnorm)", "'fused'", "'keras'"),
+    (["--heatmap-head", "linear"], "the network's heat-map heads (--heatmap-head)", "'relu'", "'linear'"),
     (["--data", "{DATA}/300w"], "--data", "{DATA}/300w/afw", "{DATA}/300w"),
     (["--split", "afw"], "--split", "'all'", "'afw'"),
     (["--val-fraction", "0.5"], "--val-fraction", "0.25", "0.5"),

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="batch-norm layer: TensorFlow's fused kernel or Keras's layer (same weights); "
                             "default: the preset's (fused). Which is faster depends on the CPU and the network "
                             "(docs/PERFORMANCE.md)")
+    model.add_argument("--heatmap-head", choices=("relu", "linear"), default=None,
+                       help="what ends each heat-map head: relu (the paper's; a channel can die on some faces) "
+                            "or linear (as HRNet's heads; cannot die); default: the preset's (relu). "
+                            "docs/TRAINING.md, \"Linear heat-map heads\"")
     model.add_argument("--init-weights", default=None, metavar="PATH",
                        help="start from a saved network (.keras or .weights.h5 of the same configuration)")
 
@@ -157,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Options that describe the run itself: on --resume, the saved values are used unless given again.
 RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "cache", "preset", "width",
-             "input_size", "batchnorm", "init_weights",
+             "input_size", "batchnorm", "heatmap_head", "init_weights",
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
              "heatmap_loss_weight", "delta_loss_weight", "delta_loss", "bn_momentum", "no_head_init",
              "revive_dead_heatmaps", "distill_from", "distill_weight", "delta_loss_weight_end",
@@ -171,7 +175,7 @@ RESUME_FIXED = {
     "limit": "--limit", "seed": "--seed", "split_seed": "--split-seed", "augment": "--augment", "shard_policy": "--shard-policy",
     # the network (compared as the resolved model configuration, see MODEL_OPTIONS)
     "preset": "--preset", "width": "--width", "input_size": "--input-size", "batchnorm": "--batchnorm",
-    "bn_momentum": "--bn-momentum", "no_head_init": "--no-head-init", "init_weights": "--init-weights",
+    "heatmap_head": "--heatmap-head", "bn_momentum": "--bn-momentum", "no_head_init": "--no-head-init", "init_weights": "--init-weights",
     # the objective and the optimiser (resolved: the recipe without its epochs and learning rate)
     "recipe": "--recipe", "batch_size": "--batch-size", "weight_decay": "--weight-decay",
     "heatmap_loss_weight": "--heatmap-loss-weight", "delta_loss_weight": "--delta-loss-weight",
@@ -190,8 +194,9 @@ RESUME_FREE = {
     "verbose": "output only", "no_tensorboard": "output only",
 }
 RUN_CONTROL = ("out", "resume")
-MODEL_OPTIONS = ("preset", "width", "input_size", "batchnorm")
-MODEL_FIELD_NAMES = {"input_size": "input size", "width": "width multiplier", "fused_batchnorm": "batch-norm layer"}
+MODEL_OPTIONS = ("preset", "width", "input_size", "batchnorm", "heatmap_head")
+MODEL_FIELD_NAMES = {"input_size": "input size", "width": "width multiplier", "fused_batchnorm": "batch-norm layer",
+                     "heatmap_activation": "heat-map heads"}
 # Compared in `check_resumed_run` as resolved values rather than as the options typed.
 RESOLVED_LATER = ("batch_size", "weight_decay", "heatmap_loss_weight", "delta_loss_weight", "precision",
                   "steps_per_epoch")
@@ -275,7 +280,9 @@ def check_resume_options(args, description: dict, run_dir) -> None:
             config = model_config(args).to_dict()
         except (KeyError, ValueError, TypeError) as error:
             raise TrainingError(f"--preset: {error}") from None
-        for field, old in sorted(description["model"].items()):
+        # every run written before the option had ReLU heads; a missing field is not "anything goes"
+        saved_model = {"heatmap_activation": "relu", **description["model"]}
+        for field, old in sorted(saved_model.items()):
             if field in config and config[field] != old:
                 name = MODEL_FIELD_NAMES.get(field, field.replace("_", " "))
                 if field == "fused_batchnorm":
@@ -432,6 +439,8 @@ def model_config(args):
         changes["input_size"] = args.input_size
     if args.batchnorm is not None:
         changes["fused_batchnorm"] = args.batchnorm == "fused"
+    if args.heatmap_head is not None:
+        changes["heatmap_activation"] = args.heatmap_head
     return config.replace(**changes) if changes else config
 
 
@@ -593,7 +602,7 @@ def run(args, extra_callbacks=()) -> RunResult:
     if chief and not args.no_tensorboard and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
                                                      update_freq="epoch", profile_batch=0))
-    if args.revive_dead_heatmaps != "never":
+    if args.revive_dead_heatmaps != "never" and config.heatmap_activation == "relu":  # linear heads cannot die
         # first of all: the epoch then trains (and its checkpoint holds) the revived channels
         started_from_weights = bool((description or {}).get("options", {}).get("init_weights") or args.init_weights)
         revive = args.revive_dead_heatmaps == "always" or not started_from_weights

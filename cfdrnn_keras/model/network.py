@@ -55,7 +55,7 @@ def _resizer_block(b: _Builder, image, prefix: str):
     x = b.conv(x, f"{prefix}.conv1x1_1", 256, 1)
     x = b.conv(x, f"{prefix}.conv1x1_2", 256, 1)
     x = layers.Dropout(b.config.dropout, name=f"{prefix}.dropout")(x)
-    h = b.conv(x, f"{prefix}.conv1x1_H", n, 1, scale_width=False)
+    h = b.conv(x, f"{prefix}.conv1x1_H", n, 1, relu=b.config.heatmap_activation == "relu", scale_width=False)
     return d, h
 
 
@@ -70,7 +70,7 @@ class _HMLBranch:
             ("conv7x7", 64, 7, True, True),
             ("conv13x13", 64, 13, True, True),
             ("conv1x1_128", 128, 1, True, True),
-            ("conv1x1_H", n, 1, True, False),
+            ("conv1x1_H", n, 1, cfg.heatmap_activation == "relu", False),
         ]
         self.stages = []
         for suffix, filters, kernel, relu, scale_width in spec:
@@ -169,4 +169,5 @@ def config_from_model(model: keras.Model, heatmap_sigma: float = 1.3) -> CFDRNNC
         dropout=float(model.get_layer("resizer0.dropout").rate),
         heatmap_sigma=heatmap_sigma,
         fused_batchnorm=isinstance(model.get_layer("resizer0.conv3x3_1_bn"), FusedBatchNormalization),
+        heatmap_activation="relu" if "resizer0.conv1x1_H_relu" in names else "linear",
     )

@@ -35,19 +35,26 @@ import numpy as np
 HEATMAP_BN_SUFFIX = "conv1x1_H_bn"
 
 
-def head_gamma(heatmap_size: int, sigma: float) -> float:
-    """γ of a heat-map head's last batch norm at which relu(γ·x̂), x̂ ~ N(0, 1), has about a target's
-    energy: Σ over the H×W pixels of out² ≈ πσ² (see `trainer.scale_output_heads`)."""
-    return math.sqrt(2.0 * math.pi) * float(sigma) / float(heatmap_size)
+def head_gamma(heatmap_size: int, sigma: float, activation: str = "relu") -> float:
+    """γ of a heat-map head's last batch norm at which its output, relu(γ·x̂) or γ·x̂ with x̂ ~ N(0, 1),
+    has about a target's energy: Σ over the H×W pixels of out² ≈ πσ² (see `trainer.scale_output_heads`).
+    A ReLU keeps half of the energy, hence √2 more."""
+    if activation not in ("relu", "linear"):
+        raise ValueError(f"unknown heat-map activation {activation!r}; choose relu or linear")
+    halves = 2.0 if activation == "relu" else 1.0
+    return math.sqrt(halves * math.pi) * float(sigma) / float(heatmap_size)
 
 
 def heatmap_batchnorms(network: keras.Model) -> dict:
     """{batch-norm layer name: [the `heatmaps_j` outputs it feeds]} for the heads that have a loss.
 
     Stage 1's map comes from `resizer0`, stages 2–4 from `hml1..3` (or one shared `hml` branch,
-    which feeds all three); `resizer_r`'s map Hr has no loss of its own and is left alone.
+    which feeds all three); `resizer_r`'s map Hr has no loss of its own and is left alone. Linear
+    heads (`CFDRNNConfig.heatmap_activation`) cannot die, so a network with them has none to list.
     """
     names = {layer.name for layer in network.layers}
+    if "resizer0.conv1x1_H_bn" in names and "resizer0.conv1x1_H_relu" not in names:
+        return {}
     heads = {}
     if f"resizer0.{HEATMAP_BN_SUFFIX}" in names:
         heads[f"resizer0.{HEATMAP_BN_SUFFIX}"] = ["heatmaps_1"]
@@ -87,6 +94,8 @@ def find_dead_heatmaps(network: keras.Model, images, batch_size: int = 16) -> di
     """{batch-norm name: `dead_channels`} of `network`'s heat-map heads on `images` (B, S, S, 3) in the
     model's range; the layers before each head run in inference mode."""
     heads = heatmap_batchnorms(network)
+    if not heads:
+        return {}  # linear heads
     tensors = {}
     for bn_name in heads:
         # every call of the layer (a shared branch has three): Keras has no public accessor for them

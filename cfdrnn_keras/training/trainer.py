@@ -310,11 +310,11 @@ def scale_output_heads(network: keras.Model, config: CFDRNNConfig) -> None:
     has a standard deviation of 1 normalised unit (the whole crop). With γ = 1 the optimiser first
     spends hundreds of steps shrinking those γ (Adam moves γ about one learning rate per step).
     Setting the γ of the heads' last batch norm so that the first outputs have the targets' scale
-    removes that phase: heat-maps γ = √(2π)·σ / H (Σ out² ≈ πσ²), offsets γ = 1 / H (one heat-map
-    pixel). Measured effect in docs/TRAINING.md.
+    removes that phase: heat-maps γ = √(2π)·σ / H (Σ out² ≈ πσ²; √π·σ / H for linear heads, which
+    keep all of x̂'s energy), offsets γ = 1 / H (one heat-map pixel). Measured effect in docs/TRAINING.md.
     """
     size = config.heatmap_size
-    heatmap_gamma = head_gamma(size, config.heatmap_sigma)
+    heatmap_gamma = head_gamma(size, config.heatmap_sigma, config.heatmap_activation)
     delta_gamma = 1.0 / size
     for layer in network.layers:
         if layer.name.startswith("resizer_r."):
@@ -385,6 +385,7 @@ def load_network_weights(network: keras.Model, path: str) -> None:
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"{path}: cannot be loaded as a Keras network ({_first_line(error)})") from None
     _refuse_non_finite(path, non_finite_variables(source.weights))
+    _refuse_other_heatmap_heads(path, source, network)
     for layer in network.layers:
         if not layer.weights:
             continue
@@ -397,6 +398,17 @@ def load_network_weights(network: keras.Model, path: str) -> None:
         if [tuple(v.shape) for v in values] != shapes:
             raise ValueError(f"{path}: layer {layer.name!r} has weights of other shapes (another width or size?)")
         layer.set_weights(values)
+
+
+def _refuse_other_heatmap_heads(path: str, source: keras.Model, network: keras.Model) -> None:
+    """The heads' activation has no weights, so a name-by-name copy would silently turn a ReLU network
+    into a linear one (or back), with channels whose β was learnt behind a ReLU."""
+    def activation(model):
+        return "relu" if any(layer.name == "resizer0.conv1x1_H_relu" for layer in model.layers) else "linear"
+
+    if activation(source) != activation(network):
+        raise ValueError(f"{path}: has {activation(source)} heat-map heads, this network {activation(network)} "
+                         f"(--heatmap-head {activation(source)} continues it)")
 
 
 def _first_line(error: BaseException) -> str:
