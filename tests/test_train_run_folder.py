@@ -188,6 +188,7 @@ def test_a_run_written_before_the_checks_resumes_with_more_epochs(capsys, legacy
     assert status == 0 and lines == [], lines
     state = json.loads((legacy_run / "checkpoints" / "state.json").read_text())
     assert state["epoch"] == 2 and state["previous"]["weights"] == "epoch-0001.weights.h5"
+    assert state["monitor"] == "val_nme"  # it chose best.keras on the last stage, and still does
     assert sorted(p.name for p in (legacy_run / "checkpoints").iterdir()) == [
         "epoch-0001.weights.h5", "epoch-0002.weights.h5", "state.json"]
     description = json.loads((legacy_run / "config.json").read_text())

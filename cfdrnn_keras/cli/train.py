@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--no-head-init", action="store_true",
                        help="keep γ = 1 in the output heads' last batch norms instead of starting them at "
                             "the targets' scale (training.scale_output_heads)")
+    optim.add_argument("--select-best", choices=("default-inference", "last-stage"), default="default-inference",
+                       help="which validation NME picks best.keras: the packaged models' (four stages averaged, "
+                            "sub-pixel peaks, flip test; logged as val_nme_default) or the paper's last stage "
+                            "(val_nme); runs from before this option resume with last-stage")
     optim.add_argument("--revive-dead-heatmaps", choices=("auto", "always", "never"), default="auto",
                        help="before every epoch, find heat-map channels that are zero on every probe face (16 "
                             "training crops) and revive them (training.dead_heatmaps): always; never (no check); "
@@ -164,7 +168,7 @@ RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "c
              "input_size", "batchnorm", "heatmap_head", "init_weights",
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
              "heatmap_loss_weight", "delta_loss_weight", "delta_loss", "bn_momentum", "no_head_init",
-             "revive_dead_heatmaps", "distill_from", "distill_weight", "delta_loss_weight_end",
+             "revive_dead_heatmaps", "select_best", "distill_from", "distill_weight", "delta_loss_weight_end",
              "seed", "split_seed", "precision", "shard_policy")
 
 # What --resume refuses to change, and what it lets through (docs/TRAINING.md, "What --resume refuses").
@@ -181,6 +185,8 @@ RESUME_FIXED = {
     "heatmap_loss_weight": "--heatmap-loss-weight", "delta_loss_weight": "--delta-loss-weight",
     "delta_loss": "--delta-loss", "delta_loss_weight_end": "--delta-loss-weight-end", "distill_from": "--distill-from", "distill_weight": "--distill-weight",
     "steps_per_epoch": "--steps-per-epoch",
+    # which network best.keras holds: its record of the best value is on one yardstick
+    "select_best": "--select-best",
     # numerics (compared resolved: auto may pick either)
     "precision": "--precision",
 }
@@ -230,7 +236,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         description = read_run_description(Path(args.out))
         if description is not None:
             options = description["options"]
-            parser.set_defaults(**{key: options[key] for key in RESUMABLE if key in options})
+            defaults = {key: options[key] for key in RESUMABLE if key in options}
+            defaults.setdefault("select_best", "last-stage")  # what runs chose on before the option
+            parser.set_defaults(**defaults)
             args = parser.parse_args(argv)
     if args.out is None:
         args.out = str(Path("runs") / f"{args.preset}-{args.recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -574,7 +582,7 @@ def run(args, extra_callbacks=()) -> RunResult:
                                   train_faces, val_faces, loss_weights, previous=description, resumed_at=initial_epoch)
     except cb.RunFileError as error:
         raise TrainingError(str(error)) from None
-    monitor = "val_nme" if val_faces else "nme"
+    monitor = ("val_nme_default" if args.select_best == "default-inference" else "val_nme") if val_faces else "nme"
     print(f"training {len(train_faces)} faces, validating {len(val_faces)}; {config.width:g}-width network, "
           f"{precision}, {strategy.num_replicas_in_sync} replica(s), global batch {global_batch}, "
           f"{steps} steps/epoch, epochs {initial_epoch + 1}..{recipe.epochs} → {run_dir}", flush=True)
@@ -584,8 +592,10 @@ def run(args, extra_callbacks=()) -> RunResult:
         if chief:
             save_network_atomically(trainer.network, config, str(run_dir / "best.keras"))
 
+    # a best value on another yardstick (a run from before --select-best, resumed with it) is no record
+    previous_best = state if state and state.get("monitor", "val_nme") == monitor else {}
     best = cb.BestNetworkSaver(save_best, monitor=monitor,
-                               best=(state or {}).get("best"), best_epoch=(state or {}).get("best_epoch"))
+                               best=previous_best.get("best"), best_epoch=previous_best.get("best_epoch"))
     checkpoint = cb.EpochCheckpoint(str(run_dir), is_chief=chief, extra_state=best.state, previous=state)
 
     nan_stop = cb.StopOnNaN(advice=lambda: divergence_advice(run_dir, recipe.learning_rate, checkpoint))
@@ -593,6 +603,7 @@ def run(args, extra_callbacks=()) -> RunResult:
     callbacks = [
         nan_stop,
         cb.SyncBatchNormStatistics(),  # first: later callbacks read the statistics
+        *([default_inference_callback(trainer.network, config, val_faces)] if val_faces else []),  # before `best`
         cb.LearningRateLogger(),
         best,
         checkpoint,
@@ -687,29 +698,46 @@ def auto_revival_epochs(epochs: int) -> int:
     return max(1, math.ceil(AUTO_REVIVAL_FRACTION * epochs))
 
 
-def revival_callback(network, config, train_faces, count: int = 16, revive: bool = True, revive_epochs=None):
-    """`ReviveDeadHeatmaps` on the crops of the first `count` readable training faces (unaugmented,
-    as the pipeline normalises them); the validation faces play no part. revive=False: report only;
-    revive_epochs: revive only before that epoch (0-based), report after."""
+def face_crops(faces, config, count: int | None = None):
+    """(images, points) of the first `count` (None: all) readable faces, unaugmented and normalised as
+    the pipeline feeds them: images (B, S, S, 3) in [-0.5, 0.5], points (B, N, 2) in crop units."""
     import numpy as np
 
-    from cfdrnn_keras.training.dead_heatmaps import ReviveDeadHeatmaps
     from data_pipelines.dataset import crop_face
 
     size = config.input_size
     crops = []
-    for face in train_faces:
-        if len(crops) == count:
+    for face in faces:
+        if count is not None and len(crops) == count:
             break
         try:
             crops.append(crop_face(face, size))
-        except ValueError:  # unreadable: the pipeline reports it; the probe just takes the next face
+        except ValueError:  # unreadable: the pipeline reports it; here it is just left out
             continue
     images = np.zeros((len(crops), size, size, 3), np.float32)
     points = np.zeros((len(crops), config.num_landmarks, 2), np.float32)
     for i, crop in enumerate(crops):
         images[i] = crop.image.astype(np.float32) / 255.0 - 0.5
         points[i] = crop.points / float(size)  # normalised as the pipeline's `landmarks` target
+    return images, points
+
+
+def default_inference_callback(network, config, val_faces):
+    """`DefaultInferenceNME` on every readable validation face (`val_nme_default`, the packaged models'
+    yardstick; docs/TRAINING.md, "Which epoch is best")."""
+    from cfdrnn_keras.training.validation import DefaultInferenceNME
+
+    images, points = face_crops(val_faces, config)
+    return DefaultInferenceNME(network, images, points)
+
+
+def revival_callback(network, config, train_faces, count: int = 16, revive: bool = True, revive_epochs=None):
+    """`ReviveDeadHeatmaps` on the crops of the first `count` readable training faces (unaugmented,
+    as the pipeline normalises them); the validation faces play no part. revive=False: report only;
+    revive_epochs: revive only before that epoch (0-based), report after."""
+    from cfdrnn_keras.training.dead_heatmaps import ReviveDeadHeatmaps
+
+    images, points = face_crops(train_faces, config, count)
     return ReviveDeadHeatmaps(images, network, config.heatmap_size, config.heatmap_sigma, landmarks=points,
                               stride=config.stride, revive=revive, revive_epochs=revive_epochs,
                               log=lambda line: print(f"train.py: {line}", flush=True))

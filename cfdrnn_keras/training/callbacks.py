@@ -570,11 +570,12 @@ def plot_history(rows: list[dict], path: str) -> None:
     losses.set_title("losses")
     losses.grid(alpha=0.3, which="both")
     losses.legend(fontsize=7)
-    for key, style in (("nme", "-"), ("val_nme", "--")):
+    nme_labels = {"nme": "training (augmented, train mode)", "val_nme": "validation, last stage",
+                  "val_nme_default": "validation, default inference"}
+    for key, style in (("nme", "-"), ("val_nme", "--"), ("val_nme_default", ":")):
         values = [100.0 * row.get(key, np.nan) for row in rows]
         if np.isfinite(values).any():
-            nme.plot(epochs, values, style, marker="o", markersize=3,
-                     label="validation" if key.startswith("val_") else "training (augmented, train mode)")
+            nme.plot(epochs, values, style, marker="o", markersize=3, label=nme_labels[key])
     nme.set_xlabel("epoch")
     nme.set_ylabel("inter-ocular NME (%)")
     nme.set_title("NME")
