@@ -7,12 +7,14 @@ the percentiles of the resampled means. This is how docs/TRAINING.md decides whe
 helped (an interval that excludes zero), so it lives in the package rather than in one-off scripts.
 
 Faces are matched by their file, not by their position in the reports, so two runs over the same
-folders in another order still pair up; a face that only one report has is left out and counted.
+folders in another order still pair up, and so do a relative and an absolute name of one file (both
+resolved from the current folder, as evaluate wrote them); a face that only one report has is left out and counted.
 Errors are the reports' per-face inter-ocular NME in percent (a missed face counts as its 100 %, as
 in the subset tables).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,9 +76,10 @@ def per_face_errors(report: dict) -> dict[str, float]:
     """File → inter-ocular NME (percent) of a tools/evaluate.py report."""
     errors = {}
     for entry in report["per_image"]:
-        if entry["file"] in errors:
+        file = os.path.realpath(entry["file"])
+        if file in errors:
             raise ComparisonError(f"{report.get('model', 'a report')}: the face {entry['file']} is scored twice")
-        errors[entry["file"]] = float(entry["nme_io"])
+        errors[file] = float(entry["nme_io"])
     return errors
 
 

@@ -53,6 +53,14 @@ def test_faces_pair_by_file_not_by_position_and_unpaired_ones_are_counted():
     assert row.better_share == 0.0 and not row.excludes_zero
 
 
+def test_a_relative_and_an_absolute_name_of_one_file_pair_up(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = report({"faces/f1.png": 3.0, "faces/../faces/f2.png": 5.0})  # as evaluate writes a relative --data
+    b = report({str(tmp_path / "faces" / "f1.png"): 2.0, str(tmp_path / "faces" / "f2.png"): 4.0})
+    row = paired.paired_difference(a, b)
+    assert row.faces == 2 and row.only_a == row.only_b == 0 and row.difference == pytest.approx(-1.0)
+
+
 def test_reports_without_a_common_face_or_with_a_face_twice_are_refused():
     with pytest.raises(paired.ComparisonError, match="no face in common"):
         paired.paired_difference(report({"a.png": 1.0}), report({"b.png": 1.0}))
