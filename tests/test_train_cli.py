@@ -150,7 +150,7 @@ def test_run_files_and_resume_after_a_kill_match_an_uninterrupted_run(shared_dat
     assert description["model"]["width"] == 0.0625 and description["steps_per_epoch"] == 2
     assert description["faces"] == {"train": 8, "validation": 2}
     header = (straight / "history.csv").read_text().splitlines()[0].split(",")
-    for column in ("epoch", "loss", "heatmaps_1_loss", "delta_4_loss", "nme", "val_loss", "val_nme",
+    for column in ("epoch", "loss", "heatmaps_1_loss", "delta_4_loss", "nme", "val_loss", "val_nme", "val_nme_default",
                    "learning_rate"):
         assert column in header
     assert len((straight / "history.csv").read_text().splitlines()) == 3
