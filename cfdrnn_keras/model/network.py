@@ -153,6 +153,13 @@ def build_cfdrnn(config: CFDRNNConfig | None = None, name: str = "cfdrnn") -> ke
     return keras.Model(image, outputs, name=name)
 
 
+def heatmap_activation(model: keras.Model) -> str:
+    """"relu" or "linear": what ends a built (or loaded) CFDRNN's heat-map heads (the activation has no
+    weights, so the graph's layers are the only record of it)."""
+    names = {layer.name for layer in model.layers}
+    return "relu" if "resizer0.conv1x1_H_relu" in names else "linear"
+
+
 def config_from_model(model: keras.Model, heatmap_sigma: float = 1.3) -> CFDRNNConfig:
     """Recover the CFDRNNConfig of a built (or loaded) CFDRNN model from its layers.
 
@@ -169,5 +176,5 @@ def config_from_model(model: keras.Model, heatmap_sigma: float = 1.3) -> CFDRNNC
         dropout=float(model.get_layer("resizer0.dropout").rate),
         heatmap_sigma=heatmap_sigma,
         fused_batchnorm=isinstance(model.get_layer("resizer0.conv3x3_1_bn"), FusedBatchNormalization),
-        heatmap_activation="relu" if "resizer0.conv1x1_H_relu" in names else "linear",
+        heatmap_activation=heatmap_activation(model),
     )

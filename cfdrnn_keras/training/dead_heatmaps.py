@@ -39,8 +39,10 @@ def head_gamma(heatmap_size: int, sigma: float, activation: str = "relu") -> flo
     """γ of a heat-map head's last batch norm at which its output, relu(γ·x̂) or γ·x̂ with x̂ ~ N(0, 1),
     has about a target's energy: Σ over the H×W pixels of out² ≈ πσ² (see `trainer.scale_output_heads`).
     A ReLU keeps half of the energy, hence √2 more."""
-    if activation not in ("relu", "linear"):
-        raise ValueError(f"unknown heat-map activation {activation!r}; choose relu or linear")
+    from ..config import HEATMAP_ACTIVATIONS
+
+    if activation not in HEATMAP_ACTIVATIONS:
+        raise ValueError(f"unknown heat-map activation {activation!r}; choose {' or '.join(HEATMAP_ACTIVATIONS)}")
     halves = 2.0 if activation == "relu" else 1.0
     return math.sqrt(halves * math.pi) * float(sigma) / float(heatmap_size)
 
@@ -52,8 +54,10 @@ def heatmap_batchnorms(network: keras.Model) -> dict:
     which feeds all three); `resizer_r`'s map Hr has no loss of its own and is left alone. Linear
     heads (`CFDRNNConfig.heatmap_activation`) cannot die, so a network with them has none to list.
     """
+    from ..model.network import heatmap_activation
+
     names = {layer.name for layer in network.layers}
-    if "resizer0.conv1x1_H_bn" in names and "resizer0.conv1x1_H_relu" not in names:
+    if f"resizer0.{HEATMAP_BN_SUFFIX}" in names and heatmap_activation(network) == "linear":
         return {}
     heads = {}
     if f"resizer0.{HEATMAP_BN_SUFFIX}" in names:

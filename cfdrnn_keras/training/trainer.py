@@ -403,12 +403,11 @@ def load_network_weights(network: keras.Model, path: str) -> None:
 def _refuse_other_heatmap_heads(path: str, source: keras.Model, network: keras.Model) -> None:
     """The heads' activation has no weights, so a name-by-name copy would silently turn a ReLU network
     into a linear one (or back), with channels whose β was learnt behind a ReLU."""
-    def activation(model):
-        return "relu" if any(layer.name == "resizer0.conv1x1_H_relu" for layer in model.layers) else "linear"
+    from ..model.network import heatmap_activation
 
-    if activation(source) != activation(network):
-        raise ValueError(f"{path}: has {activation(source)} heat-map heads, this network {activation(network)} "
-                         f"(--heatmap-head {activation(source)} continues it)")
+    theirs, ours = heatmap_activation(source), heatmap_activation(network)
+    if theirs != ours:
+        raise ValueError(f"{path}: has {theirs} heat-map heads, this network {ours} (--heatmap-head {theirs} continues it)")
 
 
 def _first_line(error: BaseException) -> str:
