@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--no-head-init", action="store_true",
                        help="keep γ = 1 in the output heads' last batch norms instead of starting them at "
                             "the targets' scale (training.scale_output_heads)")
+    optim.add_argument("--swa-epochs", type=int, default=0, metavar="K",
+                       help="stochastic weight averaging: run the last K epochs at --swa-learning-rate and write "
+                            "the mean of their weights, batch-norm statistics measured again on the training "
+                            "faces, as swa.keras (default 0: off)")
+    optim.add_argument("--swa-learning-rate", type=float, default=None, metavar="LR",
+                       help="the averaged epochs' constant learning rate, which the cosine before them anneals to "
+                            "(default: 0.2 × the peak learning rate)")
     optim.add_argument("--select-best", choices=("default-inference", "last-stage"), default="default-inference",
                        help="which validation NME picks best.keras: the packaged models' (four stages averaged, "
                             "sub-pixel peaks, flip test; logged as val_nme_default) or the paper's last stage "
@@ -168,7 +175,8 @@ RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "c
              "input_size", "batchnorm", "heatmap_head", "init_weights",
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
              "heatmap_loss_weight", "delta_loss_weight", "delta_loss", "bn_momentum", "no_head_init",
-             "revive_dead_heatmaps", "select_best", "distill_from", "distill_weight", "delta_loss_weight_end",
+             "revive_dead_heatmaps", "select_best", "distill_from", "distill_weight", "delta_loss_weight_end", "swa_epochs",
+             "swa_learning_rate",
              "seed", "split_seed", "precision", "shard_policy")
 
 # What --resume refuses to change, and what it lets through (docs/TRAINING.md, "What --resume refuses").
@@ -185,6 +193,8 @@ RESUME_FIXED = {
     "heatmap_loss_weight": "--heatmap-loss-weight", "delta_loss_weight": "--delta-loss-weight",
     "delta_loss": "--delta-loss", "delta_loss_weight_end": "--delta-loss-weight-end", "distill_from": "--distill-from", "distill_weight": "--distill-weight",
     "steps_per_epoch": "--steps-per-epoch",
+    # weight averaging: the trainer's variables and the schedule's end
+    "swa_epochs": "--swa-epochs", "swa_learning_rate": "--swa-learning-rate",
     # which network best.keras holds: its record of the best value is on one yardstick
     "select_best": "--select-best",
     # numerics (compared resolved: auto may pick either)
@@ -464,7 +474,20 @@ def recipe_for(args):
             changes[field] = value
     if changes.get("epochs", 1) <= 0 or changes.get("batch_size", 1) <= 0:
         raise TrainingError("--epochs and --batch-size must be positive")
-    return recipe.replace(**changes)
+    check_averaging_options(args, changes.get("epochs", recipe.epochs))
+    return recipe.replace(**changes, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_learning_rate)
+
+
+def check_averaging_options(args, epochs: int | None) -> None:
+    """--swa-epochs and --swa-learning-rate (TrainingError, one line); `epochs` None: not known yet."""
+    if args.swa_epochs < 0 or (epochs is not None and args.swa_epochs > epochs):
+        bound = f"the run's {epochs} epochs" if epochs is not None else "the run's epochs"
+        raise TrainingError(f"--swa-epochs must be between 0 and {bound}, got {args.swa_epochs}")
+    if args.swa_learning_rate is not None:
+        if not args.swa_learning_rate > 0:
+            raise TrainingError(f"--swa-learning-rate must be positive, got {args.swa_learning_rate:g}")
+        if not args.swa_epochs:
+            raise TrainingError("--swa-learning-rate needs --swa-epochs (the epochs it is for)")
 
 
 class RunResult:
@@ -497,6 +520,7 @@ def run(args, extra_callbacks=()) -> RunResult:
         check_resume_options(args, description, run_dir)
     elif args.init_weights and not Path(args.init_weights).is_file():
         raise TrainingError(f"{args.init_weights}: initial weights not found")
+    check_averaging_options(args, args.epochs)  # the recipe's own number of epochs is checked with the recipe
     teacher_path = teacher_file(args)
     delta_weight_end = final_delta_weights(args)
     for folder in args.data + (args.val_data or []):
@@ -523,6 +547,7 @@ def run(args, extra_callbacks=()) -> RunResult:
     import keras
 
     from cfdrnn_keras.training import callbacks as cb
+    from cfdrnn_keras.training.weight_averaging import AverageWeightsEachEpoch
     from cfdrnn_keras.training.losses import LossWeights
     from cfdrnn_keras.training import build_trainer, resolve_precision, save_network_atomically, set_precision, steps_for
 
@@ -548,7 +573,9 @@ def run(args, extra_callbacks=()) -> RunResult:
         check_resumed_run(args, description, run_dir, recipe=recipe, loss_weights=loss_weights,
                           precision=precision, global_batch=global_batch, steps=steps)
     initial_epoch = int(state["epoch"]) if state else 0
-    if initial_epoch >= recipe.epochs:
+    # a run killed after its last epoch but before swa.keras was written only writes it
+    averaging_left = bool(recipe.swa_epochs) and chief and not (run_dir / SWA_FILE).is_file()
+    if initial_epoch >= recipe.epochs and not averaging_left:
         raise TrainingError(f"{run_dir}: already trained for {initial_epoch} of {recipe.epochs} epochs "
                             "(pass a larger --epochs to go on)")
 
@@ -606,6 +633,8 @@ def run(args, extra_callbacks=()) -> RunResult:
         *([default_inference_callback(trainer.network, config, val_faces)] if val_faces else []),  # before `best`
         cb.LearningRateLogger(),
         best,
+        *([AverageWeightsEachEpoch(trainer.weight_average, recipe.epochs - recipe.swa_epochs)]
+          if trainer.weight_average is not None else []),  # before the checkpoint, which then holds the mean
         checkpoint,
         history_csv,
         cb.CurvePlotter(history_csv, str(run_dir / "curves.png"), enabled=chief),
@@ -622,21 +651,50 @@ def run(args, extra_callbacks=()) -> RunResult:
     callbacks.extend(extra_callbacks)
     verbose = (1 if sys.stdout.isatty() else 2) if args.verbose == "auto" else int(args.verbose)
     try:
-        history = trainer.fit(datasets[0], validation_data=datasets[1], epochs=recipe.epochs,
-                              initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
-                              verbose=verbose, shuffle=False)  # the pipeline shuffles
-        if nan_stop.message or checkpoint.message:
-            message = nan_stop.message or (
-                f"{checkpoint.message}; {divergence_advice(run_dir, recipe.learning_rate, checkpoint)}")
-            return RunResult(trainer, history, run_dir, message)
-        if chief:
-            save_network_atomically(trainer.network, config, str(run_dir / "final.keras"))
-        if best.best is None:  # no finite metric ever: best = final
-            save_best()
+        history = None
+        if initial_epoch < recipe.epochs:
+            history = trainer.fit(datasets[0], validation_data=datasets[1], epochs=recipe.epochs,
+                                  initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
+                                  verbose=verbose, shuffle=False)  # the pipeline shuffles
+            if nan_stop.message or checkpoint.message:
+                message = nan_stop.message or (
+                    f"{checkpoint.message}; {divergence_advice(run_dir, recipe.learning_rate, checkpoint)}")
+                return RunResult(trainer, history, run_dir, message)
+            if chief:
+                save_network_atomically(trainer.network, config, str(run_dir / "final.keras"))
+            if best.best is None:  # no finite metric ever: best = final
+                save_best()
+        if trainer.weight_average is not None and chief:
+            write_averaged_network(trainer, config, datasets[0].take(steps), val_faces, run_dir)
     except cb.RunFileError as error:
         remedy = "free some space" if "no space" in str(error) else "make it writable"
         raise TrainingError(f"{error}; {remedy} and continue with --out {run_dir} --resume") from None
     return RunResult(trainer, history, run_dir)
+
+
+SWA_FILE = "swa.keras"
+
+
+def write_averaged_network(trainer, config, batches, val_faces, run_dir) -> None:
+    """`swa.keras`: the mean of the averaged epochs' weights, its batch-norm statistics measured again on
+    `batches` (an epoch of the training stream), and its validation NME with the default inference."""
+    from cfdrnn_keras.training import plain_network_copy, save_network_atomically
+    from cfdrnn_keras.training.weight_averaging import recompute_batchnorm_statistics
+
+    average = trainer.weight_average
+    if average.epochs < 1:
+        print("train.py: no epoch was averaged (--swa-epochs): swa.keras not written", flush=True)
+        return
+    network = plain_network_copy(trainer.network, config)  # float32, outside any strategy
+    network.set_weights(average.values())
+    count = recompute_batchnorm_statistics(network, batches)
+    save_network_atomically(network, config, str(run_dir / SWA_FILE))
+    measured = ""
+    if val_faces:
+        nme = default_inference_callback(network, config, val_faces).measure()
+        measured = f"; validation NME {100 * nme:.3f} % (default inference)"
+    print(f"{run_dir / SWA_FILE}: the mean of the last {average.epochs} epochs' weights, batch-norm statistics "
+          f"from {count} training batches{measured}", flush=True)
 
 
 def teacher_file(args) -> str | None:

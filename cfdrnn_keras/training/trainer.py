@@ -20,6 +20,7 @@ from ..machine import cpu_has_bf16  # noqa: F401  (re-exported; picks the precis
 from . import distillation
 from .dead_heatmaps import head_gamma
 from .losses import HEADS, LossWeights, cfdrnn_losses, delta_loss_function, interocular_nme, total_loss
+from .weight_averaging import WeightAverage
 from ..model.network import build_cfdrnn
 
 
@@ -39,7 +40,7 @@ class CFDRNNTrainer(keras.Model):
     def __init__(self, network: keras.Model, loss_weights: LossWeights | None = None, l2_decay: float = 0.0,
                  stride: int = 4, delta_loss: str = "l2", teacher: keras.Model | None = None,
                  distill_weight: float = 0.5, delta_weight_end: tuple | None = None, schedule_steps: int = 0,
-                 **kwargs):
+                 weight_average: bool = False, **kwargs):
         super().__init__(**kwargs)
         delta_loss_function(delta_loss)  # an unknown name fails here, not in the first step
         self.delta_loss = delta_loss
@@ -71,6 +72,8 @@ class CFDRNNTrainer(keras.Model):
             self.delta_weight_tracker = keras.metrics.Mean(name="delta_weight")
         self.l2_tracker = keras.metrics.Mean(name="l2_loss") if self.l2_decay > 0 else None
         self._decayed_kernels = [w for w in network.trainable_weights if w.path.endswith("kernel")]
+        # SWA's running mean of the network's weights (`weight_averaging`): part of every checkpoint
+        self.weight_average = WeightAverage(network, name="weight_average") if weight_average else None
 
     def call(self, inputs, training=None):
         return self.network(inputs, training=training)
@@ -171,6 +174,9 @@ class Recipe:
     on convolution kernels; "decoupled": AdamW-style w -= lr·wd·w, batch-norm γ/β excluded.
     heatmap_loss_weight / delta_loss_weight: default weights of the two kinds of head (the CLI can
     override them per level).
+    swa_epochs: the last epochs whose weights are averaged (`training.weight_averaging`); they run at
+    the constant `swa_learning_rate` (None: `SWA_DEFAULT_FRACTION` × `learning_rate`), which the
+    cosine of the epochs before them anneals to (other schedules jump to it).
     """
 
     name: str
@@ -189,6 +195,8 @@ class Recipe:
     clipnorm: float | None = None
     heatmap_loss_weight: float = 1.0
     delta_loss_weight: float = 1.0
+    swa_epochs: int = 0
+    swa_learning_rate: float | None = None
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
@@ -222,6 +230,45 @@ def get_recipe(name: str) -> Recipe:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}") from None
 
 
+# The SWA epochs' learning rate when the recipe names none, as a fraction of the peak: the rate at
+# which the fine-tuning of the packaged network was measured (2e-4 for AdamW's 1e-3; docs/TRAINING.md).
+SWA_DEFAULT_FRACTION = 0.2
+
+
+def swa_learning_rate(recipe: Recipe) -> float:
+    """The constant learning rate of the averaged epochs (`Recipe.swa_epochs`)."""
+    if recipe.swa_learning_rate is not None:
+        return float(recipe.swa_learning_rate)
+    return SWA_DEFAULT_FRACTION * float(recipe.learning_rate)
+
+
+@keras.saving.register_keras_serializable(package="cfdrnn")
+class ConstantAfter(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule(step)` before step `start`, `value` from it on (the averaged epochs of a run)."""
+
+    def __init__(self, schedule, start: int, value: float):
+        self.schedule = schedule
+        self.start = int(start)
+        self.value = float(value)
+
+    def __call__(self, step):
+        before = self.schedule(step) if callable(self.schedule) else self.schedule
+        return ops.where(ops.cast(step, "float32") < float(self.start), ops.cast(before, "float32"), self.value)
+
+    def get_config(self):
+        schedule = self.schedule
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            schedule = keras.saving.serialize_keras_object(schedule)
+        return {"schedule": schedule, "start": self.start, "value": self.value}
+
+    @classmethod
+    def from_config(cls, config):
+        schedule = config["schedule"]
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        return cls(schedule, config["start"], config["value"])
+
+
 def make_schedule(recipe: Recipe, steps_per_epoch: int):
     """The recipe's learning rate as a function of the optimizer's iteration count.
 
@@ -230,6 +277,8 @@ def make_schedule(recipe: Recipe, steps_per_epoch: int):
     """
     if steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+    if recipe.swa_epochs:
+        return _schedule_with_averaged_epochs(recipe, steps_per_epoch)
     schedules = keras.optimizers.schedules
     if recipe.schedule == "constant":
         return recipe.learning_rate
@@ -253,6 +302,23 @@ def make_schedule(recipe: Recipe, steps_per_epoch: int):
             warmup_steps=warmup,
         )
     raise ValueError(f"unknown schedule {recipe.schedule!r}")
+
+
+def _schedule_with_averaged_epochs(recipe: Recipe, steps_per_epoch: int):
+    """The recipe's schedule over the epochs before the last `swa_epochs`, then `swa_learning_rate`."""
+    averaged = int(recipe.swa_epochs)
+    if not 0 < averaged <= recipe.epochs:
+        raise ValueError(f"the averaged epochs must be between 1 and the run's {recipe.epochs}, got {averaged}")
+    constant = swa_learning_rate(recipe)
+    if not constant > 0:
+        raise ValueError(f"the averaged epochs' learning rate must be positive, got {constant:g}")
+    lead = recipe.epochs - averaged
+    if lead == 0:
+        return constant
+    plain = recipe.replace(swa_epochs=0, epochs=lead)
+    if recipe.schedule == "warmup_cosine":  # anneal to the constant rate instead of to final_fraction
+        return make_schedule(plain.replace(final_fraction=constant / float(recipe.learning_rate)), steps_per_epoch)
+    return ConstantAfter(make_schedule(plain, steps_per_epoch), lead * steps_per_epoch, constant)
 
 
 def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -357,7 +423,8 @@ def build_trainer(config: CFDRNNConfig, recipe: Recipe, steps_per_epoch: int,
     l2 = recipe.weight_decay if recipe.weight_decay_mode == "l2" else 0.0
     trainer = CFDRNNTrainer(network, loss_weights=loss_weights, l2_decay=l2, stride=config.stride,
                             delta_loss=delta_loss, teacher=teacher, distill_weight=distill_weight,
-                            delta_weight_end=delta_weight_end, schedule_steps=recipe.epochs * steps_per_epoch)
+                            delta_weight_end=delta_weight_end, schedule_steps=recipe.epochs * steps_per_epoch,
+                            weight_average=recipe.swa_epochs > 0)
     trainer.compile(optimizer=make_optimizer(recipe, steps_per_epoch))
     trainer.build_for_training()
     return trainer
