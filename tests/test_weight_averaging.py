@@ -11,6 +11,7 @@ from cfdrnn_keras.model.layers import FusedBatchNormalization
 from cfdrnn_keras.training import get_recipe, make_schedule
 from cfdrnn_keras.training.weight_averaging import (AverageWeightsEachEpoch, WeightAverage,
                                                     recompute_batchnorm_statistics)
+from tests.test_train_cli import _Interrupt  # a kill in the middle of an epoch
 
 
 def _dense(units=3):
@@ -108,19 +109,6 @@ class _EpochWeights(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs.append([np.array(w.numpy()) for w in self.network.weights])
-
-
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch, self.current = epoch, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch + 1
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == 0:
-            raise KeyboardInterrupt("simulated kill")
 
 
 def _statistic(weight) -> bool:
