@@ -61,3 +61,26 @@ def test_the_callback_refuses_crops_without_their_points():
 
     with pytest.raises(ValueError, match="need as many ground truths as crops"):
         DefaultInferenceNME(None, np.zeros((2, 64, 64, 3)), np.zeros((1, 68, 2)))
+
+
+def test_the_ensemble_decodes_in_float32_while_the_network_trains_in_bf16():
+    """A bf16 run's `val_nme_default`: the network's layers compute in bf16 as trained, the ensemble's own
+    (mirror, stage average, sub-pixel peaks) in float32, as `tools/evaluate.py` runs them."""
+    from cfdrnn_keras.config import CFDRNNConfig
+    from cfdrnn_keras.model.network import build_cfdrnn
+    from cfdrnn_keras.training.validation import DefaultInferenceNME
+
+    rng = np.random.default_rng(0)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        network = build_cfdrnn(CFDRNNConfig(width=0.0625, input_size=64))
+        callback = DefaultInferenceNME(network, rng.uniform(-0.5, 0.5, (2, 64, 64, 3)), rng.uniform(0.3, 0.7, (2, 68, 2)))
+        assert np.isfinite(callback.measure())
+    finally:
+        keras.config.set_dtype_policy("float32")
+    own = {id(layer) for layer in network.layers} | {id(network)}
+    added = [layer for layer in callback._test_time_model.layers
+             if id(layer) not in own and not isinstance(layer, keras.layers.InputLayer)]
+    assert added and all(layer.compute_dtype == "float32" for layer in added), [
+        (layer.name, layer.compute_dtype) for layer in added]
+    assert any(layer.compute_dtype == "bfloat16" for layer in network.layers)
