@@ -912,7 +912,9 @@ def main(argv=None) -> int:
     if result.stopped_message:
         print(f"train.py: error: {result.stopped_message}", file=sys.stderr)
         return EXIT_NAN
-    print(f"done: {result.run_dir / 'final.keras'}, best: {result.run_dir / 'best.keras'}")
+    averaged = result.run_dir / SWA_FILE
+    print(f"done: {result.run_dir / 'final.keras'}, best: {result.run_dir / 'best.keras'}"
+          + (f", averaged: {averaged}" if averaged.is_file() else ""))
     return 0
 
 
