@@ -22,7 +22,7 @@ Two names, chosen by what they are for (docs/MODEL_CARD.md has a section for eac
   detector, crop, network, points mapped back), on one core of an AVX512-VNNI CPU.
 `fast` is the `mobile` network, one pass. `accurate` is a different model: two `mobile` networks
 trained apart (the `fast` one and a wider one, width 0.35, from fresh weights), averaged, with the
-flip test: 3.28 % against 3.47 % validation NME (docs/MODEL_CARD.md). The `.keras` files store their kernels as float16
+flip test: 3.27 % against 3.42 % validation NME (docs/MODEL_CARD.md). The `.keras` files store their kernels as float16
 (`cfdrnn_keras.model.storage`), which keeps the model files under issue 14's 40 MB.
 """
 from __future__ import annotations
