@@ -175,9 +175,8 @@ RESUMABLE = ("data", "split", "val_data", "val_fraction", "limit", "augment", "c
              "input_size", "batchnorm", "heatmap_head", "init_weights",
              "recipe", "epochs", "batch_size", "learning_rate", "weight_decay", "steps_per_epoch",
              "heatmap_loss_weight", "delta_loss_weight", "delta_loss", "bn_momentum", "no_head_init",
-             "revive_dead_heatmaps", "select_best", "distill_from", "distill_weight", "delta_loss_weight_end", "swa_epochs",
-             "swa_learning_rate",
-             "seed", "split_seed", "precision", "shard_policy")
+             "revive_dead_heatmaps", "select_best", "distill_from", "distill_weight", "delta_loss_weight_end",
+             "swa_epochs", "swa_learning_rate", "seed", "split_seed", "precision", "shard_policy")
 
 # What --resume refuses to change, and what it lets through (docs/TRAINING.md, "What --resume refuses").
 # Every option is in exactly one of the three groups (tests/test_train_run_folder.py checks it).

@@ -407,7 +407,8 @@ def build_trainer(config: CFDRNNConfig, recipe: Recipe, steps_per_epoch: int,
     only a few hundred steps). `teacher`: a frozen CFDRNN whose last-stage maps take
     `distill_weight` of every heat-map target (`training.distillation`). `delta_weight_end`: the
     offset heads' weights at the end of `recipe.epochs`, reached from `loss_weights.deltas` by half a
-    cosine (None: constant).
+    cosine (None: constant). A recipe with `swa_epochs` gives the trainer a `weight_average` (the
+    running mean of the network's weights, saved with every checkpoint).
     """
     network = build_cfdrnn(config)
     if bn_momentum is not None:
