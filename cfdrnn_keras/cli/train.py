@@ -626,10 +626,11 @@ def run(args, extra_callbacks=()) -> RunResult:
 
     nan_stop = cb.StopOnNaN(advice=lambda: divergence_advice(run_dir, recipe.learning_rate, checkpoint))
     history_csv = cb.HistoryCSV(str(run_dir / "history.csv"), initial_epoch=initial_epoch, enabled=chief)
+    default_nme = default_inference_callback(trainer.network, config, val_faces) if val_faces else None
     callbacks = [
         nan_stop,
         cb.SyncBatchNormStatistics(),  # first: later callbacks read the statistics
-        *([default_inference_callback(trainer.network, config, val_faces)] if val_faces else []),  # before `best`
+        *([default_nme] if default_nme is not None else []),  # before `best`
         cb.LearningRateLogger(),
         best,
         *([AverageWeightsEachEpoch(trainer.weight_average, recipe.epochs - recipe.swa_epochs)]
@@ -664,7 +665,7 @@ def run(args, extra_callbacks=()) -> RunResult:
             if best.best is None:  # no finite metric ever: best = final
                 save_best()
         if trainer.weight_average is not None and chief:
-            write_averaged_network(trainer, config, datasets[0].take(steps), val_faces, run_dir)
+            write_averaged_network(trainer, config, datasets[0].take(steps), default_nme, run_dir)
     except cb.RunFileError as error:
         remedy = "free some space" if "no space" in str(error) else "make it writable"
         raise TrainingError(f"{error}; {remedy} and continue with --out {run_dir} --resume") from None
@@ -674,10 +675,12 @@ def run(args, extra_callbacks=()) -> RunResult:
 SWA_FILE = "swa.keras"
 
 
-def write_averaged_network(trainer, config, batches, val_faces, run_dir) -> None:
+def write_averaged_network(trainer, config, batches, default_nme, run_dir) -> None:
     """`swa.keras`: the mean of the averaged epochs' weights, its batch-norm statistics measured again on
-    `batches` (an epoch of the training stream), and its validation NME with the default inference."""
+    `batches` (an epoch of the training stream), and its validation NME with the default inference on
+    the crops of the run's `DefaultInferenceNME` callback `default_nme` (None: no validation faces)."""
     from cfdrnn_keras.training import plain_network_copy, save_network_atomically
+    from cfdrnn_keras.training.validation import DefaultInferenceNME
     from cfdrnn_keras.training.weight_averaging import recompute_batchnorm_statistics
 
     average = trainer.weight_average
@@ -689,8 +692,8 @@ def write_averaged_network(trainer, config, batches, val_faces, run_dir) -> None
     count = recompute_batchnorm_statistics(network, batches)
     save_network_atomically(network, config, str(run_dir / SWA_FILE))
     measured = ""
-    if val_faces:
-        nme = default_inference_callback(network, config, val_faces).measure()
+    if default_nme is not None:
+        nme = DefaultInferenceNME(network, default_nme.images, default_nme.landmarks).measure()
         measured = f"; validation NME {100 * nme:.3f} % (default inference)"
     print(f"{run_dir / SWA_FILE}: the mean of the last {average.epochs} epochs' weights, batch-norm statistics "
           f"from {count} training batches{measured}", flush=True)

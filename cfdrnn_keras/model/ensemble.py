@@ -137,6 +137,12 @@ def _stage_keys(network: keras.Model, options: EnsembleOptions, stages: int) -> 
     return [(f"heatmaps_{j}{s}", f"delta_{j}{s}") for s in member_suffixes(network) for j in used]
 
 
+# The ensemble's own layers compute in float32 whatever the global dtype policy: under a training
+# run's mixed bf16 policy, sub-pixel peaks and averages in bf16 moved a validation NME by 0.005 points
+# (docs/TRAINING.md, "Weight averaging"). The network's layers keep the policy they were built with.
+ENSEMBLE_DTYPE = "float32"
+
+
 def build_test_time_model(network: keras.Model, options: EnsembleOptions = EnsembleOptions(),
                           permutation=None, uncertainty=None) -> keras.Model:
     """`image` → {`landmarks`, `confidence`} for `network` run as `options` says.
@@ -171,17 +177,18 @@ def build_test_time_model(network: keras.Model, options: EnsembleOptions = Ensem
             kept.update({key: outputs[key] for pair in keys for key in pair})
         network = keras.Model(network.inputs, kept, name=network.name)
     image = keras.Input(network.inputs[0].shape[1:], name="image")
-    batch = MirrorBatch(name="mirror_batch")(image) if options.flip else image
+    batch = MirrorBatch(dtype=ENSEMBLE_DTYPE, name="mirror_batch")(image) if options.flip else image
     results = network(batch, training=False)
     if options.stages == "all" or options.subpixel:
         stride = size // int(results[keys[0][0]].shape[1])
-        landmarks = StageAverage(stride, size, subpixel=options.subpixel, name="stage_average")(
+        landmarks = StageAverage(stride, size, subpixel=options.subpixel, dtype=ENSEMBLE_DTYPE, name="stage_average")(
             [results[h] for h, _ in keys], [results[d] for _, d in keys])
     else:
         landmarks = results["landmarks"]
     confidence = results["confidence"]
     if options.flip:
-        landmarks, confidence = MirrorMerge(permutation, size, name="mirror_merge")(landmarks, confidence)
+        landmarks, confidence = MirrorMerge(permutation, size, dtype=ENSEMBLE_DTYPE, name="mirror_merge")(
+            landmarks, confidence)
     landmarks = keras.layers.Activation("linear", dtype="float32", name="landmarks")(landmarks)
     confidence = keras.layers.Activation("linear", dtype="float32", name="confidence")(confidence)
     suffix = "ensemble" if not options.is_plain else "plain"
@@ -200,7 +207,7 @@ def _uncertainty_outputs(results, options, keys, size, permutation, uncertainty)
     layer = PointUncertainty(
         stride, size, permutation=list(permutation) if options.flip else None, mode="features" if features else "calibrated",
         **({} if features else {key: uncertainty[key] for key in ("intercepts", "slopes", "face_weights", "face_bias")}),
-        name="point_uncertainty")
+        dtype=ENSEMBLE_DTYPE, name="point_uncertainty")
     first, second = layer([results[h] for h, _ in keys], [results[d] for _, d in keys])
     names = ("uncertainty_features", "face_features") if features else ("uncertainty", "face_score")
     return {names[0]: keras.layers.Activation("linear", dtype="float32", name=names[0])(first),

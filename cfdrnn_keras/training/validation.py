@@ -44,15 +44,7 @@ class DefaultInferenceNME(keras.callbacks.Callback):
         from ..model.ensemble import for_inference
 
         if self._test_time_model is None:  # shares the network's layers: built once, always the current weights
-            # The ensemble's own layers (mirror, stage average, sub-pixel peaks) in float32, as evaluation
-            # runs them, whatever the training precision: built under a bf16 policy they moved a
-            # validation figure by 0.005 points. The network's layers keep the policy they were built with.
-            previous = keras.config.dtype_policy()
-            keras.config.set_dtype_policy("float32")
-            try:
-                self._test_time_model = for_inference(self.network, self.options)
-            finally:
-                keras.config.set_dtype_policy(previous)
+            self._test_time_model = for_inference(self.network, self.options)  # its own layers in float32
         outputs = self._test_time_model.predict(self.images, batch_size=self.batch_size, verbose=0)
         predicted = outputs["landmarks"] if isinstance(outputs, dict) else outputs
         return float(np.mean(nme(np.asarray(predicted, np.float64), self.landmarks.astype(np.float64))))
