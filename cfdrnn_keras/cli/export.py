@@ -115,6 +115,7 @@ def main(argv=None) -> int:
 
     from cfdrnn_keras.model import ensemble as ensembles  # imports Keras and registers the custom layers
     from cfdrnn_keras.model import loading
+    from cfdrnn_keras.model.fusion import fusion_of
     from cfdrnn_keras.model.uncertainty import read_calibration
     from export import export_model, manifest_table
     from export.saved_model import crop_size_of
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
         options = ensembles.options_from_args(args) or default_options or ensembles.EnsembleOptions()
         # issue 17: the model's uncertainty / face-score calibration (beside a .keras file), when there is one
         calibration_entry = read_calibration(loading.calibration_file(model_source), options)
-        model = ensembles.for_inference(model, options, uncertainty=calibration_entry)
+        model = ensembles.for_inference(model, options, uncertainty=calibration_entry, fusion=fusion_of(calibration_entry, options))
     except Exception as error:  # a corrupt or foreign file: one line, no traceback
         print(f"export: {loading.describe(model_source)}: cannot load the model: {one_line(error)}", file=sys.stderr)
         return 2

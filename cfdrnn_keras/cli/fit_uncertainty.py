@@ -14,6 +14,11 @@ random.Random(seed + 1)), or a run's split.json (--held-out). Per ensemble (flip
 stages/last) the features are computed once, the calibration is measured cross-fitted (2 folds over
 the faces: fit on one half, measure on the other) and then fitted on all of them.
 
+Fusion (cfdrnn_keras/model/fusion.py; --no-fusion to skip): per ensemble, per-point weights over
+the (network, stage) estimates and per-point offsets, fitted on the TRAINING faces (the split's other
+90 %, which the networks learned from), never on the validation faces; the uncertainty is then fitted
+for the fused landmarks. Stored in each ensemble's entry as "fusion".
+
 Face score: logistic regression on crops of --face-score-faces 300-W training photos (never the
 validation faces nor the sample photos): each face crop against up to 3 boxes with no overlap with
 the face (small boxes on the background, face-sized boxes shifted off the face).
@@ -51,6 +56,10 @@ def parse_args(argv=None):
     parser.add_argument("--confirm", default=None, metavar="DIR",
                         help="annotated photos to confirm on (default: ../shared/data/samples if present; 'none' to skip)")
     parser.add_argument("--out", default=None, help="where to write the JSON (default: beside the .keras file)")
+    parser.add_argument("--fusion", action=argparse.BooleanOptionalAction, default=True,
+                        help="also fit how the ensemble's estimates are fused (per-point weights over networks "
+                             "and stages, and per-point offsets) on the training faces (default: on; "
+                             "cfdrnn_keras/model/fusion.py)")
     parser.add_argument("--batch-size", type=int, default=16)
     return parser.parse_args(argv)
 
@@ -178,6 +187,49 @@ def run_features(model, crops, batch_size: int):
     return {key: np.concatenate(value) for key, value in out.items()}
 
 
+def crop_nme_percent(points, truth) -> np.ndarray:
+    """Inter-ocular NME (%) per face of points and truth in the same crop units (a similarity of the
+    photo's, so the photo's NME)."""
+    iod = np.linalg.norm(truth[:, 36] - truth[:, 45], axis=-1)
+    return 100.0 * np.linalg.norm(points - truth, axis=-1).mean(1) / iod
+
+
+def fit_fusions(network, crops, truth, keys, batch_size: int) -> dict:
+    """{ensemble key: fusion entry} for `keys`, fitted on the training faces' crops (`truth` in crop
+    pixels), with each entry's 5-fold cross-validated NME against the plain mean. One pass per
+    flip setting: the last-stage ensembles' estimates are a subset of the four-stage ones."""
+    from ..ensemble_options import EnsembleOptions
+    from ..model import fusion as fusions
+    from ..model.ensemble import build_test_time_model, stage_keys
+
+    size = int(network.inputs[0].shape[1])
+    target = truth / size
+    entries = {}
+    for flip in sorted({key.startswith("flip+") for key in keys}, reverse=True):
+        options = EnsembleOptions(flip=flip, stages="all")
+        model = build_test_time_model(network, options, fusion="features")
+        estimates = np.concatenate([np.asarray(model.predict_on_batch(
+            crops[start:start + batch_size].astype(np.float32) / 255.0 - 0.5)["estimates"], np.float64)
+            for start in range(0, len(crops), batch_size)])  # (B, K, N, 2) normalised
+        estimates = estimates.transpose(1, 0, 2, 3)
+        every = stage_keys(network, options)
+        for key in keys:
+            if key.startswith("flip+") != flip:
+                continue
+            stages = key.split("+")[1]
+            used = stage_keys(network, EnsembleOptions(flip=flip, stages=stages))
+            rows = estimates[[every.index(pair) for pair in used]]
+            weights, offsets = fusions.fit_fusion(rows, target)
+            entry = fusions.fusion_entry(weights, offsets, used, subpixel=options.subpixel)
+            held = fusions.cross_validated(rows, target)
+            entry["training_faces"] = len(crops)
+            entry["cross_validated_nme_io_percent"] = {
+                "mean": round(float(crop_nme_percent(rows.mean(0), target).mean()), 4),
+                "fused": round(float(crop_nme_percent(held, target).mean()), 4)}
+            entries[key] = entry
+    return entries
+
+
 def measure(u_crop, landmarks_px, truth, scales, iods) -> dict:
     from ..uncertainty_metrics import uncertainty_summary
 
@@ -214,7 +266,7 @@ def main(argv=None) -> int:
         from ..model import loading  # registers the layers
     from ..ensemble_options import EnsembleOptions
     from ..model import uncertainty as unc
-    from ..model.ensemble import build_test_time_model
+    from ..model.ensemble import build_test_time_model, stage_count
     from ..runtime import packaged
 
     started = time.time()
@@ -237,6 +289,15 @@ def main(argv=None) -> int:
         sample_faces, sample_off = sample_photos(confirm, size)
         samples = (face_crops(sample_faces, size), sample_off)
 
+    fusions = {}
+    if args.fusion and stage_count(network):
+        train_crops, train_truth, _, _ = face_crops(training, size)
+        print(f"fusion: fitting on {len(training)} training faces", file=sys.stderr)
+        fusions = fit_fusions(network, train_crops, train_truth, keys, args.batch_size)
+        for key, fused in fusions.items():
+            cv = fused["cross_validated_nme_io_percent"]
+            print(f"{key:12s} fusion, training faces, 5-fold cross-validated NME: mean {cv['mean']:.3f} % → "
+                  f"fused {cv['fused']:.3f} %")
     folds = np.array_split(np.random.default_rng(0).permutation(len(crops)), 2)
     result = {"format": unc.FORMAT, "model": Path(loading.describe(source)).name,
               "model_sha256": loading.network_sha256(source),
@@ -247,7 +308,7 @@ def main(argv=None) -> int:
               "validation_faces": len(validation), "ensembles": {}}
     for key in keys:
         options = EnsembleOptions(flip=key.startswith("flip+"), stages=key.split("+")[1])
-        model = build_test_time_model(network, options, uncertainty="features")
+        model = build_test_time_model(network, options, uncertainty="features", fusion=fusions.get(key))
         out = run_features(model, crops, args.batch_size)
         landmarks = out["landmarks"] * size
         errors = np.linalg.norm(landmarks - truth, axis=-1)
@@ -274,6 +335,8 @@ def main(argv=None) -> int:
             "face_score_fit": {"faces": len(face_pos), "off_face": len(face_neg),
                                "auroc": unc.auroc(fit_scores, labels)},
         }
+        if key in fusions:
+            entry["fusion"] = fusions[key]
         if samples is not None:
             (s_crops, s_truth, s_scales, s_iods), s_off = samples
             s_out = run_features(model, s_crops, args.batch_size)

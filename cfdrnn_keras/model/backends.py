@@ -21,6 +21,8 @@ class KerasBackend:
     uncertainty: the per-point uncertainty calibration (issue 17): None = the source's own (beside a
     `.keras` file, `NAME.uncertainty.json`; a packaged model's file) for the ensemble it runs, if
     there is one; a calibration entry (dict); or False for none.
+    The source's calibration also holds how its estimates are fused (`cfdrnn_keras.model.fusion`):
+    that is used whatever `uncertainty` says, since it changes the landmarks, not only what they report.
     """
 
     def __init__(self, model, ensemble=None, uncertainty=None):
@@ -29,6 +31,7 @@ class KerasBackend:
         from . import ensemble as ensembles
         from ..runtime.packaged import PackagedModel
         from . import loading
+        from .fusion import fusion_of
         from .uncertainty import read_calibration
 
         source = model if isinstance(model, (str, Path, PackagedModel)) else None
@@ -37,10 +40,13 @@ class KerasBackend:
             model = loading.load_network(source)
         if ensemble is None:
             ensemble = ensembles.default_options(model)
-        if uncertainty is None and source is not None and ensembles.stage_count(model):
-            uncertainty = read_calibration(loading.calibration_file(source), ensemble)
+        entry = None
+        if source is not None and ensembles.stage_count(model):
+            entry = read_calibration(loading.calibration_file(source), ensemble)
+        if uncertainty is None:
+            uncertainty = entry
         try:
-            model = ensembles.for_inference(model, ensemble, uncertainty=uncertainty or None)
+            model = ensembles.for_inference(model, ensemble, uncertainty=uncertainty or None, fusion=fusion_of(entry, ensemble))
         except ValueError as error:
             where = f"{model_path}: " if model_path else ""
             raise ModelLoadError(f"{where}{error} (pass ensemble=cfdrnn_keras.model.ensemble.PLAIN)") from None

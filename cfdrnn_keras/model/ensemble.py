@@ -26,6 +26,7 @@ from keras import ops
 
 from ..ensemble_options import PLAIN, STAGE_CHOICES, EnsembleOptions, add_arguments, options_from_args  # noqa: F401  (re-exported)
 from .codec import heatmap_peaks, subpixel_peaks
+from .fusion import PointOffset, check_entry
 
 @keras.saving.register_keras_serializable(package="cfdrnn")
 class MirrorBatch(keras.layers.Layer):
@@ -45,26 +46,47 @@ class StageAverage(keras.layers.Layer):
 
     subpixel: the peak refined from the heat-map's shape (`codec.subpixel_peaks`) instead of the
     integer argmax (`codec.heatmap_peaks`, the paper's Eq. 4). Off in saved files that predate it.
+    weights: (K, N) per (stage, point), each column summing to one (`fusion.fit_fusion`), instead of
+        the plain mean; None: the mean.
+    permutation: with weights and the flip test (a batch of crops, then their mirrors): the left/right
+        point swap, so that a mirror's point i takes the weights of the photo point it becomes.
     """
 
-    def __init__(self, stride: int = 4, input_size: int = 256, subpixel: bool = False, **kwargs):
+    def __init__(self, stride: int = 4, input_size: int = 256, subpixel: bool = False, weights=None,
+                 permutation=None, **kwargs):
         super().__init__(**kwargs)
         self.stride = int(stride)
         self.input_size = int(input_size)
         self.subpixel = bool(subpixel)
+        self.weights_per_point = None if weights is None else [[float(v) for v in row] for row in weights]
+        self.permutation = None if permutation is None else [int(i) for i in permutation]
+
+    def _weighted(self, points, index):
+        """points (B', N, 2) × their weights; with `permutation`, B' = 2B and the mirrors' rows permuted."""
+        row = self.weights_per_point[index]
+        if self.permutation is None:
+            return points * ops.convert_to_tensor(row, dtype="float32")[None, :, None]
+        both = ops.convert_to_tensor([row, [row[i] for i in self.permutation]], dtype="float32")  # (2, N)
+        count = len(row)
+        halves = ops.reshape(points, (2, -1, count, 2)) * both[:, None, :, None]
+        return ops.reshape(halves, (-1, count, 2))
 
     def call(self, heatmaps, deltas):
         if len(heatmaps) != len(deltas) or not heatmaps:
             raise ValueError(f"need as many heat-maps as offsets (≥ 1), got {len(heatmaps)} and {len(deltas)}")
+        if self.weights_per_point is not None and len(self.weights_per_point) != len(heatmaps):
+            raise ValueError(f"{len(self.weights_per_point)} rows of weights for {len(heatmaps)} estimates")
         total = None
-        for h, d in zip(heatmaps, deltas):
+        for index, (h, d) in enumerate(zip(heatmaps, deltas)):
             if self.subpixel:
                 coarse = subpixel_peaks(h, self.stride, self.input_size)
             else:
                 coarse, _ = heatmap_peaks(ops.cast(h, "float32"), self.stride, self.input_size)
             points = coarse + ops.cast(d, "float32")
+            if self.weights_per_point is not None:
+                points = self._weighted(points, index)
             total = points if total is None else total + points
-        return total / float(len(heatmaps))
+        return total if self.weights_per_point is not None else total / float(len(heatmaps))
 
     def compute_output_spec(self, heatmaps, deltas):
         return keras.KerasTensor(deltas[0].shape, dtype="float32")
@@ -72,6 +94,8 @@ class StageAverage(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(stride=self.stride, input_size=self.input_size, subpixel=self.subpixel)
+        if self.weights_per_point is not None:
+            config.update(weights=[list(row) for row in self.weights_per_point], permutation=self.permutation)
         return config
 
 
@@ -131,8 +155,9 @@ def member_suffixes(network: keras.Model) -> list[str]:
     return suffixes
 
 
-def _stage_keys(network: keras.Model, options: EnsembleOptions, stages: int) -> list[tuple[str, str]]:
+def stage_keys(network: keras.Model, options: EnsembleOptions, stages: int | None = None) -> list[tuple[str, str]]:
     """(heat-map, offset) output names the ensemble reads: every stage or the last, of every member."""
+    stages = stage_count(network) if stages is None else stages
     used = range(1, stages + 1) if options.stages == "all" else [stages]
     return [(f"heatmaps_{j}{s}", f"delta_{j}{s}") for s in member_suffixes(network) for j in used]
 
@@ -144,7 +169,7 @@ ENSEMBLE_DTYPE = "float32"
 
 
 def build_test_time_model(network: keras.Model, options: EnsembleOptions = EnsembleOptions(),
-                          permutation=None, uncertainty=None) -> keras.Model:
+                          permutation=None, uncertainty=None, fusion=None) -> keras.Model:
     """`image` → {`landmarks`, `confidence`} for `network` run as `options` says.
 
     network: a CFDRNN graph (outputs `heatmaps_j`, `delta_j`, `landmarks`, `confidence`).
@@ -154,6 +179,10 @@ def build_test_time_model(network: keras.Model, options: EnsembleOptions = Ensem
         expected error in CROP PIXELS, and `face_score` (B,) in [0, 1], from a `PointUncertainty`
         layer; "features" → it outputs the layer's raw features instead (`uncertainty_features`,
         `face_features`), for fitting a calibration. None: neither.
+    fusion: a fusion entry (`cfdrnn_keras.model.fusion`: weights per (network, stage) and point, and an
+        offset per point) → the estimates are combined with those weights and the offsets added;
+        "features" → the model also outputs `estimates` (B, K, N, 2), each (network, stage) estimate
+        (mirror-merged with the flip test), for fitting one. None: the plain mean.
     """
     outputs = network.output if isinstance(network.output, dict) else {}
     if not {"landmarks", "confidence"} <= set(outputs):
@@ -170,32 +199,58 @@ def build_test_time_model(network: keras.Model, options: EnsembleOptions = Ensem
             raise ValueError(f"{network.name}: the flip test needs a permutation for {count} points")
         permutation = MIRROR_PERMUTATION_68
 
-    keys = _stage_keys(network, options, stages)
+    keys = stage_keys(network, options, stages)
+    if isinstance(fusion, dict):
+        if stages == 0:
+            raise ValueError(f"{network.name}: has no heatmaps_j / delta_j outputs to fuse")
+        check_entry(fusion, keys, count)
+    reads_stages = uncertainty is not None or options.subpixel or fusion is not None
     if options.stages == "last":  # only the final stage is read: let Keras prune the other tails
         kept = {"landmarks": outputs["landmarks"], "confidence": outputs["confidence"]}
-        if uncertainty is not None or options.subpixel:  # these read the last heat-maps and offsets
+        if reads_stages:  # these read the last heat-maps and offsets
             kept.update({key: outputs[key] for pair in keys for key in pair})
         network = keras.Model(network.inputs, kept, name=network.name)
     image = keras.Input(network.inputs[0].shape[1:], name="image")
     batch = MirrorBatch(dtype=ENSEMBLE_DTYPE, name="mirror_batch")(image) if options.flip else image
     results = network(batch, training=False)
-    if options.stages == "all" or options.subpixel:
-        stride = size // int(results[keys[0][0]].shape[1])
-        landmarks = StageAverage(stride, size, subpixel=options.subpixel, dtype=ENSEMBLE_DTYPE, name="stage_average")(
-            [results[h] for h, _ in keys], [results[d] for _, d in keys])
+    stride = size // int(results[keys[0][0]].shape[1]) if keys and keys[0][0] in results else 1
+    if options.stages == "all" or reads_stages:
+        weights = fusion["weights"] if isinstance(fusion, dict) else None
+        mirrored = list(permutation) if weights is not None and options.flip else None
+        landmarks = StageAverage(stride, size, subpixel=options.subpixel, weights=weights, permutation=mirrored,
+                                 dtype=ENSEMBLE_DTYPE, name="stage_average")([results[h] for h, _ in keys], [results[d] for _, d in keys])
     else:
         landmarks = results["landmarks"]
     confidence = results["confidence"]
     if options.flip:
         landmarks, confidence = MirrorMerge(permutation, size, dtype=ENSEMBLE_DTYPE, name="mirror_merge")(
             landmarks, confidence)
+    if isinstance(fusion, dict):
+        landmarks = PointOffset(fusion["offsets"], dtype=ENSEMBLE_DTYPE, name="point_offset")(landmarks)
     landmarks = keras.layers.Activation("linear", dtype="float32", name="landmarks")(landmarks)
     confidence = keras.layers.Activation("linear", dtype="float32", name="confidence")(confidence)
     suffix = "ensemble" if not options.is_plain else "plain"
     model_outputs = {"landmarks": landmarks, "confidence": confidence}
     if uncertainty is not None:
         model_outputs.update(_uncertainty_outputs(results, options, keys, size, permutation, uncertainty))
+    if fusion == "features":
+        model_outputs["estimates"] = _estimates_output(results, options, keys, stride, size, permutation)
     return keras.Model(image, model_outputs, name=f"{network.name}_{suffix}")
+
+
+def _estimates_output(results, options, keys, stride, size, permutation):
+    """(B, K, N, 2): each (network, stage) estimate the ensemble reads, mirror-merged with the flip
+    test, by the same layers the ensemble runs (for fitting a fusion)."""
+    stacked = []
+    for index, (h, d) in enumerate(keys):
+        points = StageAverage(stride, size, subpixel=options.subpixel, dtype=ENSEMBLE_DTYPE,
+                              name=f"estimate_{index}")([results[h]], [results[d]])
+        if options.flip:
+            points, _ = MirrorMerge(permutation, size, dtype=ENSEMBLE_DTYPE, name=f"estimate_{index}_merge")(
+                points, results["confidence"])
+        stacked.append(keras.layers.Reshape((1, *points.shape[1:]), name=f"estimate_{index}_row")(points))
+    joined = stacked[0] if len(stacked) == 1 else keras.layers.Concatenate(axis=1, name="estimates_joined")(stacked)
+    return keras.layers.Activation("linear", dtype="float32", name="estimates")(joined)
 
 
 def _uncertainty_outputs(results, options, keys, size, permutation, uncertainty) -> dict:
@@ -220,18 +275,19 @@ def default_options(model: keras.Model) -> EnsembleOptions:
     return EnsembleOptions() if stage_count(model) else PLAIN
 
 
-def for_inference(network: keras.Model, options: EnsembleOptions | None = None, uncertainty=None) -> keras.Model:
+def for_inference(network: keras.Model, options: EnsembleOptions | None = None, uncertainty=None,
+                  fusion=None) -> keras.Model:
     """The model to run for `options` (default: `EnsembleOptions()`): the bare network where they are
-    plain (last stage, no flip) and no uncertainty is asked for, else `build_test_time_model`.
-    uncertainty: as `build_test_time_model` (a calibration entry, "features" or None)."""
+    plain (last stage, no flip) and no uncertainty or fusion is asked for, else `build_test_time_model`.
+    uncertainty, fusion: as `build_test_time_model` (entries, "features" or None)."""
     options = EnsembleOptions() if options is None else options
-    if options.is_plain and uncertainty is None:
+    if options.is_plain and uncertainty is None and fusion is None:
         return network
     if options.is_plain and not stage_count(network):  # no stage outputs (e.g. already wrapped)
         return network
-    return build_test_time_model(network, options, uncertainty=uncertainty)
+    return build_test_time_model(network, options, uncertainty=uncertainty, fusion=fusion)
 
 
 __all__ = ["EnsembleOptions", "MirrorBatch", "MirrorMerge", "PLAIN", "STAGE_CHOICES", "StageAverage",
            "add_arguments", "build_test_time_model", "default_options", "for_inference", "member_suffixes",
-           "options_from_args", "stage_count"]
+           "options_from_args", "stage_count", "stage_keys"]
