@@ -13,8 +13,10 @@ and its files:
   several networks lists each one's file, and loading averages them into one graph
   (`cfdrnn_keras.model.loading`, `cfdrnn_keras.model.network_average`): every network is stored once,
   so `accurate`, whose first network is `fast`'s, ships no second copy of it.
-- its uncertainty calibration (`*.uncertainty.json`, `cfdrnn_keras.model.uncertainty`), fitted on the
-  ensemble it runs.
+- its calibration (`*.uncertainty.json`), fitted on the ensemble it runs: how the estimates are fused
+  (weights per network, stage and point, and the markup's per-point offset, fitted on the training
+  faces: `cfdrnn_keras.model.fusion`) and the uncertainty (`cfdrnn_keras.model.uncertainty`, fitted on
+  held-out faces). The LiteRT file has both built in; `NAME:keras` reads them from here.
 
 Two names, chosen by what they are for (docs/MODEL_CARD.md has a section for each):
 - `accurate`, the default: the best NME the package has;
@@ -22,7 +24,7 @@ Two names, chosen by what they are for (docs/MODEL_CARD.md has a section for eac
   detector, crop, network, points mapped back), on one core of an AVX512-VNNI CPU.
 `fast` is the `mobile` network, one pass. `accurate` is a different model: two `mobile` networks
 trained apart (the `fast` one and a wider one, width 0.35, from fresh weights), averaged, with the
-flip test: 3.27 % against 3.42 % validation NME (docs/MODEL_CARD.md). The `.keras` files store their kernels as float16
+flip test (docs/MODEL_CARD.md has the validation NME of each). The `.keras` files store their kernels as float16
 (`cfdrnn_keras.model.storage`), which keeps the model files under issue 14's 40 MB.
 """
 from __future__ import annotations
