@@ -43,6 +43,26 @@ def test_fit_recovers_inverse_variance_weights_and_the_offset():
     assert np.abs(held - truth[:2000]).mean() < np.abs(estimates[:, :2000].mean(0) - truth[:2000]).mean()
 
 
+def test_mirror_partners_share_their_weights_and_keep_their_offsets():
+    # Two points that are each other's mirror: point 0's first estimator is good, point 1's second.
+    # Tied, both get the same weights (the pooled inverse-variance ones, equal here by symmetry),
+    # and each its own offset.
+    rng = np.random.default_rng(1)
+    faces = 20000
+    truth = rng.uniform(0, 100, (faces, 2, 2))
+    sigma = np.array([[1.0, 3.0], [3.0, 1.0]])  # (K, N)
+    shift = np.array([[0.5, 0.0], [-0.2, 0.1]])  # (N, 2)
+    estimates = truth[None] - shift[None, None] + rng.normal(size=(2, faces, 2, 2)) * sigma[:, None, :, None]
+    untied, _ = fit_fusion(estimates, truth)
+    tied, offsets = fit_fusion(estimates, truth, permutation=[1, 0])
+    assert untied[0, 0] > 0.85 and untied[0, 1] < 0.15
+    np.testing.assert_array_equal(tied[:, 0], tied[:, 1])
+    np.testing.assert_allclose(tied[:, 0], [0.5, 0.5], atol=0.01)
+    np.testing.assert_allclose(offsets, shift, atol=0.05)
+    with pytest.raises(ValueError, match="permutation"):
+        fit_fusion(estimates, truth, permutation=[0, 0])
+
+
 def test_fit_refuses_bad_shapes():
     with pytest.raises(ValueError, match="need estimates"):
         fit_fusion(np.zeros((2, 5, 3, 2)), np.zeros((5, 4, 2)))
@@ -106,3 +126,68 @@ def test_entries_that_do_not_fit_are_refused(tiny_network):
     assert fusion_of(calibration, EnsembleOptions()) is entry
     assert fusion_of(calibration, EnsembleOptions(subpixel=False)) is None
     assert fusion_of({"intercepts": []}, EnsembleOptions()) is None
+
+
+def test_fit_fusions_on_real_faces_fits_every_ensemble(tiny_network, shared_data):
+    """fit_uncertainty's fusion step on 30 real training faces: an entry per ensemble that the graph
+    accepts, and in-sample never worse than the plain mean (least squares includes the mean)."""
+    from cfdrnn_keras.cli.fit_uncertainty import ENSEMBLE_KEYS, crop_nme_percent, face_crops, fit_fusions
+    from data_pipelines.discovery import find_faces
+
+    faces = find_faces(shared_data / "300w" / "afw", check=False)[:30]
+    crops, truth, _, _ = face_crops(faces, 64)
+    entries = fit_fusions(tiny_network, crops, truth, list(ENSEMBLE_KEYS), batch_size=16)
+    assert sorted(entries) == sorted(ENSEMBLE_KEYS)
+    for key, entry in entries.items():
+        options = EnsembleOptions(flip=key.startswith("flip+"), stages=key.split("+")[1])
+        keys = stage_keys(tiny_network, options)
+        check_entry(entry, keys, 68)
+        assert entry["training_faces"] == 30
+        x = crops.astype(np.float32) / 255.0 - 0.5
+        plain = np.asarray(build_test_time_model(tiny_network, options)(x)["landmarks"]) * 64
+        fused = np.asarray(build_test_time_model(tiny_network, options, fusion=entry)(x)["landmarks"]) * 64
+        assert ((fused - truth) ** 2).sum() <= ((plain - truth) ** 2).sum() * (1 + 1e-6), key
+        assert crop_nme_percent(fused, truth).shape == (30,)
+
+
+def test_packaged_calibrations_fuse_every_member_and_stage():
+    """Each packaged model's calibration holds a fusion for every ensemble, over every (network, stage)
+    of its networks (a calibration fitted for other networks would be refused when the graph is built)."""
+    import json
+
+    from cfdrnn_keras.runtime.packaged import packaged_model
+
+    for name, members in (("fast", 1), ("accurate", 2)):
+        model = packaged_model(name)
+        ensembles = json.loads(model.calibration_path.read_text())["ensembles"]
+        suffixes = [""] + [f"_m{k}" for k in range(2, members + 1)]
+        for key, entry in ensembles.items():
+            stages = range(1, 5) if key.endswith("+all") else [4]
+            want = [[f"heatmaps_{j}{s}", f"delta_{j}{s}"] for s in suffixes for j in stages]
+            assert entry["fusion"]["keys"] == want, (name, key)
+            weights = np.asarray(entry["fusion"]["weights"])
+            np.testing.assert_allclose(weights.sum(0), 1.0, atol=1e-4)
+            # the markup's offset: about half a crop pixel to the right on average (docs/TRAINING.md)
+            assert 0.2 < np.mean(entry["fusion"]["offsets"], axis=0)[0] * 128 < 0.8, (name, key)
+
+
+def test_fused_flip_test_is_mirror_equivariant_up_to_the_offsets(tiny_network):
+    """With weights shared by mirror partners, mirror f(mirror x) − f(x) = mirror(b) − b exactly:
+    the mirrors' points must take their photo points' weights inside StageAverage."""
+    from data_pipelines.geometry import MIRROR_PERMUTATION_68
+
+    permutation = list(MIRROR_PERMUTATION_68)
+    options = EnsembleOptions()
+    keys = stage_keys(tiny_network, options)
+    rng = np.random.default_rng(6)
+    weights = rng.uniform(0.0, 1.0, (len(keys), 68))
+    weights = (weights + weights[:, permutation]) / 2
+    weights /= weights.sum(0)
+    offsets = rng.normal(0.0, 0.01, (68, 2))
+    model = build_test_time_model(tiny_network, options, fusion=fusion_entry(weights, offsets, keys))
+    x = rng.uniform(-0.5, 0.5, (2, 64, 64, 3)).astype(np.float32)
+    direct = np.asarray(model(x)["landmarks"])
+    back = np.asarray(model(x[:, :, ::-1])["landmarks"])[:, permutation]
+    back[..., 0] = 63.0 / 64.0 - back[..., 0]
+    mirrored_offsets = offsets[permutation] * [-1.0, 1.0]
+    np.testing.assert_allclose(back - direct, np.broadcast_to(mirrored_offsets - offsets, direct.shape), atol=2e-5)

@@ -201,9 +201,11 @@ def fit_fusions(network, crops, truth, keys, batch_size: int) -> dict:
     from ..ensemble_options import EnsembleOptions
     from ..model import fusion as fusions
     from ..model.ensemble import build_test_time_model, stage_keys
+    from data_pipelines.geometry import MIRROR_PERMUTATION_68
 
     size = int(network.inputs[0].shape[1])
     target = truth / size
+    permutation = MIRROR_PERMUTATION_68 if truth.shape[1] == len(MIRROR_PERMUTATION_68) else None
     entries = {}
     for flip in sorted({key.startswith("flip+") for key in keys}, reverse=True):
         options = EnsembleOptions(flip=flip, stages="all")
@@ -219,9 +221,9 @@ def fit_fusions(network, crops, truth, keys, batch_size: int) -> dict:
             stages = key.split("+")[1]
             used = stage_keys(network, EnsembleOptions(flip=flip, stages=stages))
             rows = estimates[[every.index(pair) for pair in used]]
-            weights, offsets = fusions.fit_fusion(rows, target)
+            weights, offsets = fusions.fit_fusion(rows, target, permutation)
             entry = fusions.fusion_entry(weights, offsets, used, subpixel=options.subpixel)
-            held = fusions.cross_validated(rows, target)
+            held = fusions.cross_validated(rows, target, permutation=permutation)
             entry["training_faces"] = len(crops)
             entry["cross_validated_nme_io_percent"] = {
                 "mean": round(float(crop_nme_percent(rows.mean(0), target).mean()), 4),

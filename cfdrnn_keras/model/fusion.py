@@ -17,7 +17,9 @@ crop and its mirror) with equal weights. Two things that average cannot do, meas
 
 The fit (`fit_fusion`) is per point: for point k, weights w_k (summing to one) and an offset b_k
 minimise Σ over faces of |Σ_j w_kj x_kj + b_k − y_k|² on the training faces the networks learned
-from (never the validation faces): a linear least-squares problem, closed form. On 5-fold
+from (never the validation faces): a linear least-squares problem, closed form. A point and its
+mirror partner (the 300-W left/right permutation) share their weights, so a face and its mirror are
+fused alike; each keeps its own offset, since the offset is exactly what does not mirror. On 5-fold
 cross-validation over the training faces, per-point weights and offsets beat one set of weights with
 one offset, and that beats the plain mean, for every packaged ensemble.
 
@@ -54,12 +56,15 @@ class PointOffset(keras.layers.Layer):
         return config
 
 
-def fit_fusion(estimates: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fit_fusion(estimates: np.ndarray, truth: np.ndarray, permutation=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-point weights (K, N), each column summing to one, and offsets (N, 2) by least squares.
 
     estimates: (K, B, N, 2), the K estimates of B faces' N points; truth: (B, N, 2), same units.
-    With the weights written w_k = 1/K + Z u_k (Z spans the vectors summing to zero), point k's
-    problem is ordinary least squares in (u_k, b_k) over its B·2 coordinates.
+    permutation: the left/right point swap (e.g. the 68-point one): a point and its mirror partner
+        share their weights (each keeps its own offset), so a face and its mirror are fused alike
+        and the flip test stays mirror-equivariant up to the offsets. None: every point on its own.
+    With the weights written w = 1/K + Z u (Z spans the vectors summing to zero), each point's (or
+    mirror pair's) problem is ordinary least squares in (u, b) over its B·2 coordinates per point.
     """
     estimates = np.asarray(estimates, np.float64)
     truth = np.asarray(truth, np.float64)
@@ -68,18 +73,29 @@ def fit_fusion(estimates: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np
     count, faces, points, _ = estimates.shape
     if faces * 2 < count + 1:
         raise ValueError(f"{faces} faces are too few to fit {count - 1} weights and 2 offsets per point")
+    if permutation is not None and sorted(int(i) for i in permutation) != list(range(points)):
+        raise ValueError(f"permutation must be a permutation of 0..{points - 1}")
     zero_sum = np.eye(count)[:, :-1] - np.eye(count)[:, -1:]  # (K, K-1)
     weights = np.full((count, points), 1.0 / count)
     offsets = np.zeros((points, 2))
-    axis_x = np.tile([1.0, 0.0], faces)
-    axis_y = np.tile([0.0, 1.0], faces)
+    done = set()
     for k in range(points):
-        x = estimates[:, :, k, :].reshape(count, -1)  # (K, B·2): x0 y0 x1 y1 ...
-        target = truth[:, k, :].reshape(-1) - x.mean(0)
-        design = np.column_stack([(zero_sum.T @ x).T, axis_x, axis_y])
-        solution = np.linalg.lstsq(design, target, rcond=None)[0]
-        weights[:, k] += zero_sum @ solution[:count - 1]
-        offsets[k] = solution[count - 1:]
+        if k in done:
+            continue
+        group = sorted({k, int(permutation[k])}) if permutation is not None else [k]
+        rows, targets = [], []
+        for index, point in enumerate(group):
+            x = estimates[:, :, point, :].reshape(count, -1)  # (K, B·2): x0 y0 x1 y1 ...
+            axes = np.zeros((faces * 2, 2 * len(group)))
+            axes[0::2, 2 * index] = 1.0  # this point's x offset
+            axes[1::2, 2 * index + 1] = 1.0  # and its y offset
+            rows.append(np.column_stack([(zero_sum.T @ x).T, axes]))
+            targets.append(truth[:, point, :].reshape(-1) - x.mean(0))
+        solution = np.linalg.lstsq(np.vstack(rows), np.concatenate(targets), rcond=None)[0]
+        for index, point in enumerate(group):
+            weights[:, point] += zero_sum @ solution[:count - 1]
+            offsets[point] = solution[count - 1 + 2 * index: count + 1 + 2 * index]
+            done.add(point)
     return weights, offsets
 
 
@@ -88,14 +104,15 @@ def apply_fusion(estimates: np.ndarray, weights: np.ndarray, offsets: np.ndarray
     return np.einsum("kn,kbnc->bnc", np.asarray(weights, np.float64), np.asarray(estimates, np.float64)) + offsets
 
 
-def cross_validated(estimates: np.ndarray, truth: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+def cross_validated(estimates: np.ndarray, truth: np.ndarray, folds: int = 5, seed: int = 0,
+                    permutation=None) -> np.ndarray:
     """Each face's fused estimate by a fit on the other folds' faces (B, N, 2): an honest figure of
     what the fit gains on faces it did not see."""
     faces = estimates.shape[1]
     out = np.zeros(truth.shape)
     for held in np.array_split(np.random.default_rng(seed).permutation(faces), folds):
         kept = np.setdiff1d(np.arange(faces), held)
-        weights, offsets = fit_fusion(estimates[:, kept], truth[kept])
+        weights, offsets = fit_fusion(estimates[:, kept], truth[kept], permutation)
         out[held] = apply_fusion(estimates[:, held], weights, offsets)
     return out
 

@@ -209,8 +209,14 @@ def _deployed_variants(network):
         for flip in (True, False):
             calibration = {"intercepts": [0.5] * 68, "slopes": [-1.5, -1.0], "face_weights": [3.0, -1.0][:1 + flip],
                            "face_bias": 2.0}
-            yield ensembles.build_test_time_model(network, ensembles.EnsembleOptions(flip=flip),
-                                                  uncertainty=calibration)
+            options = ensembles.EnsembleOptions(flip=flip)
+            fused = {}
+            if "fusion" in inspect.signature(ensembles.build_test_time_model).parameters:
+                from .fusion import fusion_entry
+
+                keys = ensembles.stage_keys(network, options)
+                fused = {"fusion": fusion_entry([[1.0 / len(keys)] * 68] * len(keys), [[0.001, 0.0]] * 68, keys)}
+            yield ensembles.build_test_time_model(network, options, uncertainty=calibration, **fused)
 
 
 def derive_allowlists(out=None) -> dict:
