@@ -287,15 +287,16 @@ def test_packaged_model_puts_the_points_on_real_sample_faces(packaged_detector, 
     errors = np.array(errors)
     assert len(errors) == 15
     # Bounds from the default packaged model's measurement as LandmarkDetector() runs it (`accurate`'s
-    # full-int8 LiteRT file: `fast`'s network and the width-0.35 one averaged, four-stage average,
-    # sub-pixel peaks, flip test; docs/MODEL_CARD.md, 2026-12-07, `fast`'s network weight-averaged):
-    # annotated boxes mean 4.05 %, worst 7.47 %; detected boxes median 3.47 %, worst 11.1 %; with
-    # about half a point of margin on the typical photo and one and a half on the worst (room for
-    # another CPU's int8 kernels). Issue 14:
-    # every photo below 8 % with its annotated box. An untrained network scores ~20-60 %.
+    # full-int8 LiteRT file: `fast`'s network and the width-0.35 one, four stages each, sub-pixel peaks,
+    # flip test, the estimates fused with the weights and offsets fitted on the training faces;
+    # docs/MODEL_CARD.md, 2026-12-07): annotated boxes mean 3.87 %, worst 7.28 %; detected boxes median
+    # 3.38 %, worst 11.6 % (breakingbad.jpg, whose detector box is off); with about half a point of
+    # margin on the typical photo and one and a half on the worst (room for another CPU's int8
+    # kernels). Issue 14: every photo below 8 % with its annotated box. An untrained network scores
+    # ~20-60 %.
     if boxes == "annotated":
-        assert errors.mean() < 0.045, errors
-        assert errors.max() < 0.09, errors
+        assert errors.mean() < 0.044, errors
+        assert errors.max() < 0.088, errors
     else:
-        assert np.median(errors) < 0.04, errors
-        assert errors.max() < 0.127, errors
+        assert np.median(errors) < 0.039, errors
+        assert errors.max() < 0.132, errors
