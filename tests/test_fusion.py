@@ -90,8 +90,10 @@ def tiny_network():
     return build_cfdrnn(dataclasses.replace(get_preset("mobile"), input_size=64, width=0.0625))
 
 
-@pytest.mark.parametrize("options", [EnsembleOptions(), EnsembleOptions(flip=False),
-                                     EnsembleOptions(flip=False, stages="last")], ids=["flip+all", "noflip+all", "noflip+last"])
+ENSEMBLES = [EnsembleOptions(), EnsembleOptions(flip=False), EnsembleOptions(flip=False, stages="last")]
+
+
+@pytest.mark.parametrize("options", ENSEMBLES, ids=["flip+all", "noflip+all", "noflip+last"])
 def test_graph_matches_the_numpy_twin_of_its_own_estimates(tiny_network, options, tmp_path):
     x = np.random.default_rng(3).uniform(-0.5, 0.5, (3, 64, 64, 3)).astype(np.float32)
     features = build_test_time_model(tiny_network, options, fusion="features")

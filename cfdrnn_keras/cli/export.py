@@ -126,7 +126,8 @@ def main(argv=None) -> int:
         options = ensembles.options_from_args(args) or default_options or ensembles.EnsembleOptions()
         # issue 17: the model's uncertainty / face-score calibration (beside a .keras file), when there is one
         calibration_entry = read_calibration(loading.calibration_file(model_source), options)
-        model = ensembles.for_inference(model, options, uncertainty=calibration_entry, fusion=fusion_of(calibration_entry, options))
+        model = ensembles.for_inference(model, options, uncertainty=calibration_entry,
+                                        fusion=fusion_of(calibration_entry, options))
     except Exception as error:  # a corrupt or foreign file: one line, no traceback
         print(f"export: {loading.describe(model_source)}: cannot load the model: {one_line(error)}", file=sys.stderr)
         return 2

@@ -46,7 +46,8 @@ class KerasBackend:
         if uncertainty is None:
             uncertainty = entry
         try:
-            model = ensembles.for_inference(model, ensemble, uncertainty=uncertainty or None, fusion=fusion_of(entry, ensemble))
+            model = ensembles.for_inference(model, ensemble, uncertainty=uncertainty or None,
+                                            fusion=fusion_of(entry, ensemble))
         except ValueError as error:
             where = f"{model_path}: " if model_path else ""
             raise ModelLoadError(f"{where}{error} (pass ensemble=cfdrnn_keras.model.ensemble.PLAIN)") from None

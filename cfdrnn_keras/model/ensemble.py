@@ -218,7 +218,8 @@ def build_test_time_model(network: keras.Model, options: EnsembleOptions = Ensem
         weights = fusion["weights"] if isinstance(fusion, dict) else None
         mirrored = list(permutation) if weights is not None and options.flip else None
         landmarks = StageAverage(stride, size, subpixel=options.subpixel, weights=weights, permutation=mirrored,
-                                 dtype=ENSEMBLE_DTYPE, name="stage_average")([results[h] for h, _ in keys], [results[d] for _, d in keys])
+                                 dtype=ENSEMBLE_DTYPE, name="stage_average")(
+            [results[h] for h, _ in keys], [results[d] for _, d in keys])
     else:
         landmarks = results["landmarks"]
     confidence = results["confidence"]

@@ -149,4 +149,5 @@ def check_entry(entry: dict, keys, count: int) -> None:
                          f"{len(want)} estimates of {count} points")
 
 
-__all__ = ["FUSION_KEY", "PointOffset", "apply_fusion", "check_entry", "cross_validated", "fit_fusion", "fusion_entry", "fusion_of"]
+__all__ = ["FUSION_KEY", "PointOffset", "apply_fusion", "check_entry", "cross_validated", "fit_fusion", "fusion_entry",
+           "fusion_of"]
