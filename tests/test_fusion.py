@@ -159,9 +159,13 @@ def test_packaged_calibrations_fuse_every_member_and_stage():
 
     from cfdrnn_keras.runtime.packaged import packaged_model
 
+    from cfdrnn_keras.model.loading import network_sha256
+
     for name, members in (("fast", 1), ("accurate", 2)):
         model = packaged_model(name)
-        ensembles = json.loads(model.calibration_path.read_text())["ensembles"]
+        calibration = json.loads(model.calibration_path.read_text())
+        assert calibration["model_sha256"] == network_sha256(name), f"{name}: refit its calibration"
+        ensembles = calibration["ensembles"]
         suffixes = [""] + [f"_m{k}" for k in range(2, members + 1)]
         for key, entry in ensembles.items():
             stages = range(1, 5) if key.endswith("+all") else [4]

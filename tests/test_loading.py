@@ -72,6 +72,37 @@ def test_files_calibration_and_fingerprint_of_each_kind_of_source(tiny_assets):
     assert loading.network_sha256("pair") == hashlib.sha256(a + b).hexdigest()
 
 
+def test_a_calibration_is_used_only_for_the_weights_it_was_fitted_on(tiny_assets):
+    """The fusion beside a `.keras` file moves its points (here by a known offset); after the network's
+    weights change, the same file is ignored with a warning instead of moving another network's points."""
+    import json
+
+    from cfdrnn_keras.model.backends import KerasBackend
+    from cfdrnn_keras.model.ensemble import EnsembleOptions, stage_keys
+    from cfdrnn_keras.model.fusion import fusion_entry
+
+    path = tiny_assets / "a.keras"
+    network = keras.saving.load_model(path, safe_mode=True)
+    options = EnsembleOptions(flip=False)
+    keys = stage_keys(network, options)
+    shift = np.tile([0.01, -0.02], (68, 1))
+    entry = {"fusion": fusion_entry(np.full((len(keys), 68), 1.0 / len(keys)), shift, keys)}
+    calibration = {"model_sha256": loading.network_sha256(path), "ensembles": {"noflip+all": entry}}
+    loading.calibration_file(path).write_text(json.dumps(calibration))
+    crops = np.random.default_rng(3).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    plain = KerasBackend(network, options).predict_crops(crops).landmarks
+    fused = KerasBackend(path, options).predict_crops(crops).landmarks
+    np.testing.assert_allclose(fused - plain, np.broadcast_to(shift, plain.shape), atol=1e-5)
+
+    calibration["model_sha256"] = hashlib.sha256(b"other weights").hexdigest()
+    loading.calibration_file(path).write_text(json.dumps(calibration))
+    with pytest.warns(UserWarning, match="fitted for other weights") as caught:
+        assert loading.calibration_entry(path, options) is None
+        again = KerasBackend(path, options).predict_crops(crops).landmarks
+    assert str(path.with_name("a.uncertainty.json")) in str(caught[0].message)
+    np.testing.assert_allclose(again, plain, atol=1e-6)
+
+
 def test_average_networks_takes_a_packaged_model_as_all_its_networks(tiny_assets, capsys):
     from cfdrnn_keras.cli.average import main
 

@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     from cfdrnn_keras.model import ensemble as ensembles  # imports Keras and registers the custom layers
     from cfdrnn_keras.model import loading
     from cfdrnn_keras.model.fusion import fusion_of
-    from cfdrnn_keras.model.uncertainty import read_calibration
+    from cfdrnn_keras.model.uncertainty import uncertainty_of
     from export import export_model, manifest_table
     from export.saved_model import crop_size_of
     from export.tflite import face_crops
@@ -125,8 +125,8 @@ def main(argv=None) -> int:
         model = loading.load_network(model_source)  # a packaged model's networks averaged where it has several
         options = ensembles.options_from_args(args) or default_options or ensembles.EnsembleOptions()
         # issue 17: the model's uncertainty / face-score calibration (beside a .keras file), when there is one
-        calibration_entry = read_calibration(loading.calibration_file(model_source), options)
-        model = ensembles.for_inference(model, options, uncertainty=calibration_entry,
+        calibration_entry = loading.calibration_entry(model_source, options)
+        model = ensembles.for_inference(model, options, uncertainty=uncertainty_of(calibration_entry),
                                         fusion=fusion_of(calibration_entry, options))
     except Exception as error:  # a corrupt or foreign file: one line, no traceback
         print(f"export: {loading.describe(model_source)}: cannot load the model: {one_line(error)}", file=sys.stderr)

@@ -32,7 +32,7 @@ class KerasBackend:
         from ..runtime.packaged import PackagedModel
         from . import loading
         from .fusion import fusion_of
-        from .uncertainty import read_calibration
+        from .uncertainty import uncertainty_of
 
         source = model if isinstance(model, (str, Path, PackagedModel)) else None
         model_path = loading.describe(source) if source is not None else ""
@@ -42,9 +42,9 @@ class KerasBackend:
             ensemble = ensembles.default_options(model)
         entry = None
         if source is not None and ensembles.stage_count(model):
-            entry = read_calibration(loading.calibration_file(source), ensemble)
+            entry = loading.calibration_entry(source, ensemble)
         if uncertainty is None:
-            uncertainty = entry
+            uncertainty = uncertainty_of(entry)
         try:
             model = ensembles.for_inference(model, ensemble, uncertainty=uncertainty or None,
                                             fusion=fusion_of(entry, ensemble))

@@ -11,10 +11,12 @@ A source is a packaged model's name (`NAME` or `NAME:keras`), a `PackagedModel`,
 from __future__ import annotations
 
 import hashlib
+import json
+import warnings
 from pathlib import Path
 
 from ..runtime import packaged
-from .uncertainty import calibration_path
+from .uncertainty import calibration_path, ensemble_key
 
 
 def packaged_source(source) -> packaged.PackagedModel | None:
@@ -36,6 +38,24 @@ def calibration_file(source) -> Path:
     `NAME.uncertainty.json` beside a `.keras` path (`uncertainty.calibration_path`)."""
     model = packaged_source(source)
     return model.calibration_path if model else calibration_path(source)
+
+
+def calibration_entry(source, options) -> dict | None:
+    """The source's calibration entry for the ensemble `options` (fusion and uncertainty), or None:
+    there is none, or it was fitted for other weights. The file records the SHA-256 of the weights it
+    was fitted on (`network_sha256`); a network trained on or replaced since, or a calibration copied
+    beside another file, would move every point by another network's offsets, so such a file is not
+    used, and a warning says so in one line."""
+    path = calibration_file(source)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    fitted_for = data.get("model_sha256") if isinstance(data, dict) else None
+    if fitted_for and fitted_for != network_sha256(source):
+        warnings.warn(f"{path}: fitted for other weights than {describe(source)} (trained on or replaced since?); "
+                      f"not used: fit it again with tools/fit_uncertainty.py --model {describe(source)}", stacklevel=2)
+        return None
+    return data.get("ensembles", {}).get(ensemble_key(options)) if isinstance(data, dict) else None
 
 
 def describe(source) -> str:
@@ -73,4 +93,4 @@ def load_network(source, *, compile: bool = True):
     return average_networks(networks, name=f"cfdrnn_{packaged_source(source).name}")
 
 
-__all__ = ["calibration_file", "describe", "load_network", "network_files", "network_sha256", "packaged_source"]
+__all__ = ["calibration_entry", "calibration_file", "describe", "load_network", "network_files", "network_sha256", "packaged_source"]

@@ -60,6 +60,13 @@ def load_calibration(model_path, options) -> dict | None:
     return read_calibration(calibration_path(model_path), options)
 
 
+def uncertainty_of(entry) -> dict | None:
+    """The calibration entry itself where it holds an uncertainty fit (its intercepts, slopes and face
+    score), else None (an entry may hold only a fusion: `cfdrnn_keras.model.fusion`)."""
+    keys = ("intercepts", "slopes", "face_weights", "face_bias")
+    return entry if isinstance(entry, dict) and all(key in entry for key in keys) else None
+
+
 def read_calibration(path, options) -> dict | None:
     """The entry for `options` in the calibration file at `path` (None if there is none)."""
     path = Path(path)
@@ -226,5 +233,5 @@ from ..uncertainty_metrics import auroc, fifth_ratios, spearman, uncertainty_sum
 
 __all__ = ["CALIBRATION_SUFFIX", "POINT_FEATURES", "PointUncertainty", "auroc", "calibration_path", "ensemble_key",
            "face_score_numpy", "fifth_ratios", "fit_face_score", "fit_point_calibration", "load_calibration",
-           "read_calibration",
+           "read_calibration", "uncertainty_of",
            "predict_point", "spearman", "uncertainty_summary"]
