@@ -197,6 +197,7 @@ def load_model(path=None, ensemble=None, trust_model: bool = False):
         except ModelLoadError as error:
             raise EvaluationError(str(error)) from None
         backend.model.cfdrnn_ensemble = backend.ensemble  # how it runs, for the report
+        backend.model.cfdrnn_fused = backend.fused
         return backend.model, name
     path = Path(resolved)
     label = name or str(path)
@@ -215,6 +216,7 @@ def load_model(path=None, ensemble=None, trust_model: bool = False):
 
             backend = KerasBackend(path, ensemble)  # loads safely and wraps it as `ensemble` says
             backend.model.cfdrnn_ensemble = backend.ensemble  # how it runs, for the report
+            backend.model.cfdrnn_fused = backend.fused
             return backend.model, label
         return load_backend(path, ensemble, trust_model=trust_model), label
     except (ModelLoadError, EvaluationError) as error:

@@ -317,7 +317,8 @@ def test_cli_report_has_exactly_the_documented_shape(tmp_path, shared_data, tiny
     assert set(report) - {"uncertainty"} == {"model", "box", "ensemble", "skipped", "subsets", "per_image"}
     assert report["skipped"] == []
     assert isinstance(report["model"], str) and report["model"].endswith("tiny.keras")
-    assert report["box"] == "gt" and report["ensemble"] == {"flip": True, "stages": "all", "subpixel": True}  # the default
+    assert report["box"] == "gt" and report["ensemble"] == {"flip": True, "stages": "all", "subpixel": True,
+                                                            "fused": False}  # the default; no calibration
     assert list(report["subsets"]) == ["afw", "all"]  # sorted: the first five faces are all AFW
     for row in report["subsets"].values():
         assert set(row) == {"n", "nme_io", "nme_ip", "auc08_io", "fr08_io"}

@@ -158,6 +158,7 @@ def evaluate(args) -> int:
         options = ensembles.options_from_args(args)
         model, name = ev.load_model(args.model, options, trust_model=args.trust_model)
         used = getattr(model, "cfdrnn_ensemble", None)  # None for exported files: they run as exported
+        fused = bool(getattr(model, "cfdrnn_fused", False))
         model = ev.prepare_engine(model, args.engine, num_threads=os.cpu_count())
         faces, problems = ev.discover(args.data, args.limit, on_skip=skip)
         if not faces:
@@ -170,7 +171,7 @@ def evaluate(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result.skipped[:0] = problems
-    result.ensemble = used.to_dict() if used is not None else None
+    result.ensemble = {**used.to_dict(), "fused": fused} if used is not None else None
     if not result.results:
         print(f"error: none of the {len(faces)} faces could be read", file=sys.stderr)
         return 2
@@ -181,7 +182,11 @@ def evaluate(args) -> int:
     json_path.write_text(json.dumps(report, indent=1))
 
     missed = result.missed()
-    how = f" ({ensembles.EnsembleOptions(**result.ensemble).describe()})" if result.ensemble else ""
+    how = ""
+    if result.ensemble:
+        options = {key: result.ensemble[key] for key in ("flip", "stages", "subpixel")}
+        fusion = ", estimates fused with the calibration's weights and offsets" if result.ensemble.get("fused") else ""
+        how = f" ({ensembles.EnsembleOptions(**options).describe()}{fusion})"
     print(f"\nModel {name}{how}, box {args.box}: {len(result.results)} faces in {seconds:.1f} s "
           f"({len(result.skipped)} skipped)\n")
     print(ev.markdown_table(report["subsets"], missed))

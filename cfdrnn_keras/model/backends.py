@@ -52,6 +52,7 @@ class KerasBackend:
             where = f"{model_path}: " if model_path else ""
             raise ModelLoadError(f"{where}{error} (pass ensemble=cfdrnn_keras.model.ensemble.PLAIN)") from None
         self.ensemble = ensemble
+        self.fused = fusion_of(entry, ensemble) is not None  # the estimates fused as the calibration says
         outputs = model.output
         if not isinstance(outputs, dict) or "landmarks" not in outputs:
             raise ModelLoadError(f"model {model.name!r} has no 'landmarks' output")
