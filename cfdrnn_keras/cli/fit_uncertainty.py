@@ -177,8 +177,9 @@ def sample_photos(root, size: int, avoid_detected: bool = True):
     return faces, (np.stack(off) if off else np.zeros((0, size, size, 3), np.uint8))
 
 
-def run_features(model, crops, batch_size: int):
-    out = {"landmarks": [], "uncertainty_features": [], "face_features": []}
+def run_features(model, crops, batch_size: int, keys=("landmarks", "uncertainty_features", "face_features")):
+    """The model's outputs `keys` for uint8 crops, batch by batch, as float64 arrays."""
+    out = {key: [] for key in keys}
     for start in range(0, len(crops), batch_size):
         batch = crops[start:start + batch_size].astype(np.float32) / 255.0 - 0.5
         result = model.predict_on_batch(batch)
@@ -187,18 +188,12 @@ def run_features(model, crops, batch_size: int):
     return {key: np.concatenate(value) for key, value in out.items()}
 
 
-def crop_nme_percent(points, truth) -> np.ndarray:
-    """Inter-ocular NME (%) per face of points and truth in the same crop units (a similarity of the
-    photo's, so the photo's NME)."""
-    iod = np.linalg.norm(truth[:, 36] - truth[:, 45], axis=-1)
-    return 100.0 * np.linalg.norm(points - truth, axis=-1).mean(1) / iod
-
-
 def fit_fusions(network, crops, truth, keys, batch_size: int) -> dict:
     """{ensemble key: fusion entry} for `keys`, fitted on the training faces' crops (`truth` in crop
     pixels), with each entry's 5-fold cross-validated NME against the plain mean. One pass per
     flip setting: the last-stage ensembles' estimates are a subset of the four-stage ones."""
     from ..ensemble_options import EnsembleOptions
+    from ..metrics import nme
     from ..model import fusion as fusions
     from ..model.ensemble import build_test_time_model, stage_keys
     from data_pipelines.geometry import MIRROR_PERMUTATION_68
@@ -210,9 +205,7 @@ def fit_fusions(network, crops, truth, keys, batch_size: int) -> dict:
     for flip in sorted({key.startswith("flip+") for key in keys}, reverse=True):
         options = EnsembleOptions(flip=flip, stages="all")
         model = build_test_time_model(network, options, fusion="features")
-        estimates = np.concatenate([np.asarray(model.predict_on_batch(
-            crops[start:start + batch_size].astype(np.float32) / 255.0 - 0.5)["estimates"], np.float64)
-            for start in range(0, len(crops), batch_size)])  # (B, K, N, 2) normalised
+        estimates = run_features(model, crops, batch_size, keys=("estimates",))["estimates"]  # (B, K, N, 2)
         estimates = estimates.transpose(1, 0, 2, 3)
         every = stage_keys(network, options)
         for key in keys:
@@ -226,8 +219,8 @@ def fit_fusions(network, crops, truth, keys, batch_size: int) -> dict:
             held = fusions.cross_validated(rows, target, permutation=permutation)
             entry["training_faces"] = len(crops)
             entry["cross_validated_nme_io_percent"] = {
-                "mean": round(float(crop_nme_percent(rows.mean(0), target).mean()), 4),
-                "fused": round(float(crop_nme_percent(held, target).mean()), 4)}
+                "mean": round(100 * float(nme(rows.mean(0), target).mean()), 4),
+                "fused": round(100 * float(nme(held, target).mean()), 4)}
             entries[key] = entry
     return entries
 

@@ -45,14 +45,14 @@ class KerasBackend:
             entry = loading.calibration_entry(source, ensemble)
         if uncertainty is None:
             uncertainty = uncertainty_of(entry)
+        fusion = fusion_of(entry, ensemble)
         try:
-            model = ensembles.for_inference(model, ensemble, uncertainty=uncertainty or None,
-                                            fusion=fusion_of(entry, ensemble))
+            model = ensembles.for_inference(model, ensemble, uncertainty=uncertainty or None, fusion=fusion)
         except ValueError as error:
             where = f"{model_path}: " if model_path else ""
             raise ModelLoadError(f"{where}{error} (pass ensemble=cfdrnn_keras.model.ensemble.PLAIN)") from None
         self.ensemble = ensemble
-        self.fused = fusion_of(entry, ensemble) is not None  # the estimates fused as the calibration says
+        self.fused = fusion is not None  # the estimates fused as the calibration says
         outputs = model.output
         if not isinstance(outputs, dict) or "landmarks" not in outputs:
             raise ModelLoadError(f"model {model.name!r} has no 'landmarks' output")

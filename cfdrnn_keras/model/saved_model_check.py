@@ -198,10 +198,11 @@ def check_saved_model(path) -> dict:
 
 def _deployed_variants(network):
     """The network as the exports run it: the default ensemble, the bare last stage, and (where the
-    uncertainty outputs exist) the ensemble with them, with and without the flip test."""
+    uncertainty outputs exist) the ensemble with them and a fusion, with and without the flip test."""
     import inspect
 
     from . import ensemble as ensembles
+    from .fusion import fusion_entry
 
     yield ensembles.for_inference(network, ensembles.EnsembleOptions())
     yield ensembles.for_inference(network, ensembles.PLAIN)
@@ -210,13 +211,9 @@ def _deployed_variants(network):
             calibration = {"intercepts": [0.5] * 68, "slopes": [-1.5, -1.0], "face_weights": [3.0, -1.0][:1 + flip],
                            "face_bias": 2.0}
             options = ensembles.EnsembleOptions(flip=flip)
-            fused = {}
-            if "fusion" in inspect.signature(ensembles.build_test_time_model).parameters:
-                from .fusion import fusion_entry
-
-                keys = ensembles.stage_keys(network, options)
-                fused = {"fusion": fusion_entry([[1.0 / len(keys)] * 68] * len(keys), [[0.001, 0.0]] * 68, keys)}
-            yield ensembles.build_test_time_model(network, options, uncertainty=calibration, **fused)
+            keys = ensembles.stage_keys(network, options)
+            fusion = fusion_entry([[1.0 / len(keys)] * 68] * len(keys), [[0.001, 0.0]] * 68, keys)
+            yield ensembles.build_test_time_model(network, options, uncertainty=calibration, fusion=fusion)
 
 
 def derive_allowlists(out=None) -> dict:
